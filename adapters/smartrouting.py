@@ -1,0 +1,123 @@
+"""Enreach SmartRouting: ``{anum, bnum, targetid, extradata}`` in; 200 with routing or 204 out."""
+
+from __future__ import annotations
+
+import msgspec
+
+from adapters import Rejected, Reply, media_type
+from core.numbers import normalise
+from core.query import Decision, RoutingQuery, Scalar
+
+NAME = "smartrouting"
+API_KEY_HEADER = "x-benemen-apikey"
+AUTH_SCHEMES = ("basic",)
+JSON = "application/json"
+
+
+class Request(msgspec.Struct):
+    """The webhook body. Unknown fields are ignored: the platform may add some."""
+
+    anum: str | None = None
+    bnum: str | None = None
+    targetid: str | None = None
+    extradata: dict[str, Scalar] | None = None
+
+
+class Response(
+    msgspec.Struct,
+    omit_defaults=True,
+    rename={
+        "initial_target": "InitialTarget",
+        "fail_target": "FailTarget",
+        "required_target": "RequiredTarget",
+        "allocation_targets": "AllocationTargets",
+        "priority": "Priority",
+        "extra_priority": "ExtraPriority",
+        "custom_tts": "CustomTTS",
+        "custom_msi": "CustomMSI",
+    },
+):
+    """The 200 body: only what the decision sets, never a null or a default of ours."""
+
+    initial_target: str | None = None
+    fail_target: str | None = None
+    required_target: str | None = None
+    allocation_targets: list[str] | None = None
+    priority: int | None = None
+    extra_priority: int | None = None
+    custom_tts: str | None = None
+    custom_msi: str | None = None
+
+
+class _Error(msgspec.Struct):
+    error: str
+
+
+_decode = msgspec.json.Decoder(Request).decode
+_encode = msgspec.json.Encoder().encode
+DISCONNECT = "DISCONNECT:"
+NO_CONTENT = Reply(204)
+_ERRORS = {
+    "unauthorized": (401, "missing or invalid credentials"),
+    "forbidden": (403, "source address not allowed"),
+    "not_found": (404, "not found"),
+    "method": (405, "method not allowed; use POST"),
+    "too_large": (413, "request body too large"),
+    "internal": (500, "internal error"),
+}
+
+
+def _error(status: int, reason: str) -> Reply:
+    return Reply(status, _encode(_Error(reason)), JSON)
+
+
+def error(kind: str, method: str = "", target: str = "") -> Reply:
+    reply = _error(*_ERRORS[kind])
+    return reply._replace(headers=(("allow", "POST"),)) if kind == "method" else reply
+
+
+def check_content_type(value: str | None) -> None:
+    """JSON only (a missing type is read as JSON); UTF-8 only."""
+    kind, charset = media_type(value)
+    if kind and kind != JSON and not (kind.startswith("application/") and kind.endswith("+json")):
+        raise Rejected(_error(415, "content type must be application/json"))
+    if charset not in (None, "utf-8", "utf8"):
+        raise Rejected(_error(415, "charset must be utf-8"))
+
+
+def parse(body: bytes, content_type: str | None = None) -> RoutingQuery:
+    try:
+        req = _decode(body)
+    except msgspec.ValidationError as exc:
+        # msgspec names the field and the expected type (``Expected `str`, got `int` - at `$.anum```),
+        # never the value sent.
+        reason = f"invalid field: {exc}" if " - at `$." in str(exc) else "body is not a JSON object"
+        raise Rejected(_error(400, reason)) from None
+    except msgspec.DecodeError:
+        raise Rejected(_error(400, "body is not a JSON object")) from None
+    except RecursionError:
+        raise Rejected(_error(400, "body is nested too deeply")) from None
+    return RoutingQuery(
+        protocol=NAME,
+        caller=normalise(req.anum or ""),
+        dialed=normalise(req.bnum or ""),
+        service=req.targetid or "",
+        attributes=req.extradata or {},
+    )
+
+
+def render(decision: Decision, query: RoutingQuery) -> Reply:
+    """200 with the properties the decision sets; 204 (default routing) when it sets none."""
+    if not decision.routes:
+        return NO_CONTENT
+    body = Response(
+        initial_target=DISCONNECT if decision.disconnect else decision.target,
+        fail_target=decision.fail_target,
+        required_target=decision.required_agent,
+        allocation_targets=list(decision.preferred_agents) or None,
+        priority=decision.priority,
+        extra_priority=decision.extra_priority,
+        custom_tts=decision.tts,
+        custom_msi=decision.msi,
+    )
+    return Reply(200, _encode(body), JSON)

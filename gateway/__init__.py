@@ -1,0 +1,1 @@
+"""The process: HTTP app, server, CLI, config loading and reload, metrics, logs."""

@@ -1,0 +1,266 @@
+"""The ASGI app: webhook endpoints for each protocol, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from adapters import Rejected, Reply, eml, smartrouting
+from core.decide import Context, decide, fallback, utc_now
+from core.numbers import mask
+from core.store import MemoryStore, Store
+from gateway import config as config_mod
+from gateway.auth import Credentials, allowed, client_address, networks
+from gateway.logs import event
+
+CONFIG_ENV = "ROUTING_GATEWAY_CONFIG"
+RESERVED = ("/healthz", "/readyz", "/metrics")
+_encode = msgspec.json.Encoder().encode
+
+
+class Endpoint(NamedTuple):
+    adapter: ModuleType
+    credentials: Credentials
+    networks: tuple
+    remember_s: float
+
+
+def _route_key(path: str) -> str:
+    # Express matches paths case-insensitively and with an optional trailing slash.
+    path = path.lower()
+    return path[:-1] if len(path) > 1 and path.endswith("/") else path
+
+
+class Runtime:
+    """Everything one config version needs to answer webhooks; a reload builds a new one and swaps it."""
+
+    def __init__(self, loaded: config_mod.Loaded, store: Store, clock: Callable[[], dt.datetime]) -> None:
+        cfg = loaded.config
+        self.loaded = loaded
+        self.loaded_at = dt.datetime.now(dt.UTC)
+        self.ctx = Context(rules=loaded.rules, store=store, clock=clock, flights={})
+        sr, em = cfg.smartrouting, cfg.eml
+        self.routes = {
+            _route_key(sr.path): Endpoint(
+                smartrouting,
+                Credentials(smartrouting.API_KEY_HEADER, smartrouting.AUTH_SCHEMES, sr.api_keys, sr.basic_auth),
+                networks(sr.allow_networks),
+                0.0,
+            ),
+            _route_key(em.base + eml.PATH): Endpoint(
+                eml,
+                Credentials(eml.API_KEY_HEADER, eml.AUTH_SCHEMES, em.api_keys, {}),
+                networks(em.allow_networks),
+                float(em.retry_window_s),
+            ),
+        }
+        self.eml_prefix = em.base.lower()
+        self.trusted = networks(cfg.server.trusted_proxies)
+        self.deadline_s = cfg.server.deadline_ms / 1000
+        self.max_body = cfg.server.max_body_bytes
+
+
+class State:
+    """The app's mutable state: the current runtime and whether it may take webhooks."""
+
+    def __init__(self) -> None:
+        self.runtime: Runtime | None = None
+        self.ready = False
+        self.stopping = False
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body was read."""
+
+
+async def _read_body(receive: Callable, headers: dict[str, str], limit: int) -> bytes | None:
+    """The body, or None as soon as it is known to exceed ``limit`` (before reading it, when declared)."""
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send(send: Callable, reply: Reply, request_id: str) -> None:
+    headers = [(b"x-request-id", request_id.encode())]
+    if reply.status != 204:
+        headers.append((b"content-length", str(len(reply.body)).encode()))
+    if reply.content_type:
+        headers.append((b"content-type", reply.content_type.encode()))
+    headers += [(k.encode(), v.encode()) for k, v in reply.headers]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
+def _request_id(headers: dict[str, str]) -> str:
+    given = headers.get("x-request-id", "")
+    if 0 < len(given) <= 64 and given.isascii() and given.isprintable():
+        return given
+    return secrets.token_hex(8)
+
+
+async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, headers: dict, target: str):
+    """Run one webhook through its adapter and the core. Returns the reply and what to log."""
+    a = ep.adapter
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    note: dict[str, Any] = {}
+    if scope["method"] != "POST":
+        return a.error("method", scope["method"], target), note
+    peer = scope.get("client")
+    addr = client_address(peer[0] if peer else None, headers.get("x-forwarded-for"), rt.trusted)
+    if not allowed(addr, ep.networks):
+        note["outcome"] = "forbidden"
+        return a.error("forbidden"), note
+    if not ep.credentials.accept(headers):
+        note["outcome"] = "unauthorized"
+        reply = a.error("unauthorized")
+        if ep.credentials.basic:
+            reply = reply._replace(headers=(("www-authenticate", f'Basic realm="{a.NAME}"'),))
+        return reply, note
+    try:
+        a.check_content_type(headers.get("content-type"))
+        body = await _read_body(receive, headers, rt.max_body)
+        if body is None:
+            note["outcome"] = "too_large"
+            return a.error("too_large"), note
+        query = a.parse(body, headers.get("content-type"))
+    except Rejected as exc:
+        note["outcome"] = "bad_request"
+        return exc.reply, note
+    deadline = start + rt.deadline_s
+    try:
+        async with asyncio.timeout_at(deadline):
+            decision = await decide(query, rt.ctx, remember_s=ep.remember_s, deadline=deadline)
+    except TimeoutError:
+        decision = fallback(query, rt.ctx.rules, "deadline")
+    reply = a.render(decision, query)
+    note.update(
+        caller=mask(query.caller) or None,
+        service=query.service or None,
+        rule=decision.rule,
+        outcome="routed" if decision.routes else "not_found" if query.needs_destination else "default",
+        fallback=decision.fallback,
+        replayed=decision.replayed or None,
+    )
+    return reply, note
+
+
+def create_app(
+    config: str | os.PathLike | config_mod.Loaded | None = None,
+    *,
+    store: Store | None = None,
+    clock: Callable[[], dt.datetime] = utc_now,
+) -> Starlette:
+    """The gateway as an ASGI app. ``config`` is a path or a loaded config (default: ``$ROUTING_GATEWAY_CONFIG``,
+    else ``config.toml``); ``store`` and ``clock`` replace the configured ones, for tests."""
+    if config is None:
+        config = os.environ.get(CONFIG_ENV, "config.toml")
+    loaded = config if isinstance(config, config_mod.Loaded) else config_mod.load(Path(config))
+    state = State()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        the_store = store or MemoryStore(loaded.config.store.max_entries)
+        state.runtime = Runtime(loaded, the_store, clock)
+        state.ready = True
+        event("started", config=str(loaded.path), version=loaded.version, pid=os.getpid())
+        try:
+            yield
+        finally:
+            state.ready = False
+            state.stopping = True
+            await the_store.close()
+            event("stopped", pid=os.getpid())
+
+    async def webhooks(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return
+        rt = state.runtime
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = _request_id(headers)
+        raw = scope.get("raw_path") or scope["path"].encode()
+        target = raw.decode("latin-1") + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
+        path = scope["path"]
+        ep = rt.routes.get(_route_key(path)) if rt else None
+        if ep is None:
+            if rt is not None and path.lower().startswith(rt.eml_prefix):
+                reply = eml.error("not_found", scope["method"], target)
+            else:
+                reply = Reply(404, b'{"error":"not found"}', "application/json")
+            return await _send(send, reply, request_id)
+        began = time.perf_counter()
+        try:
+            reply, note = await _answer(ep, rt, scope, receive, headers, target)
+        except ClientGone:
+            return
+        except Exception:
+            event("failed", logging.ERROR, exc_info=True, request_id=request_id, protocol=ep.adapter.NAME)
+            reply, note = ep.adapter.error("internal"), {"outcome": "error"}
+        await _send(send, reply, request_id)
+        event(
+            "decision",
+            request_id=request_id,
+            protocol=ep.adapter.NAME,
+            status=reply.status,
+            latency_ms=round((time.perf_counter() - began) * 1000, 3),
+            **{k: v for k, v in note.items() if v is not None},
+        )
+
+    async def healthz(request: Request) -> Response:
+        return Response(b'{"status":"alive"}', media_type="application/json")
+
+    async def readyz(request: Request) -> Response:
+        rt = state.runtime
+        if not state.ready or rt is None:
+            body = {"status": "stopping" if state.stopping else "starting"}
+            return Response(_encode(body), status_code=503, media_type="application/json")
+        body = {
+            "status": "ok",
+            "config": {"version": rt.loaded.version, "loaded_at": rt.loaded_at.isoformat(timespec="seconds")},
+            "dependencies": {"store": "ok"},
+        }
+        return Response(_encode(body), media_type="application/json")
+
+    app = Starlette(
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
+        lifespan=lifespan,
+    )
+    # Webhook paths come from the config (and may change on reload), match as Express does, and never
+    # redirect: a 307 to a telephony platform is a failed call.
+    app.router.redirect_slashes = False
+    app.router.default = webhooks
+    app.state.gateway = state
+    return app
+
+
+def from_env() -> Starlette:
+    """Factory for uvicorn workers: the config path comes in ``$ROUTING_GATEWAY_CONFIG``."""
+    return create_app(os.environ.get(CONFIG_ENV, "config.toml"))

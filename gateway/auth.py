@@ -1,0 +1,91 @@
+"""Credentials and source networks, checked before a body is read."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+from collections.abc import Iterable, Mapping
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _same(given: bytes, expected: Iterable[bytes]) -> bool:
+    # Compare against every expected value, in constant time each, and without stopping early.
+    found = False
+    for candidate in expected:
+        found |= hmac.compare_digest(given, candidate)
+    return found
+
+
+class Credentials:
+    """What one endpoint accepts: API keys in a header (or as a Bearer token), and/or Basic users.
+    With nothing configured, the endpoint is open."""
+
+    def __init__(
+        self, key_header: str, schemes: tuple[str, ...], api_keys: list[str], basic: Mapping[str, str]
+    ) -> None:
+        self.key_header = key_header.lower()
+        self.bearer = "bearer" in schemes
+        self.keys = [k.encode() for k in api_keys]
+        self.basic = [f"{u}:{p}".encode() for u, p in basic.items()] if "basic" in schemes else []
+        self.open = not self.keys and not self.basic
+
+    def accept(self, headers: Mapping[str, str]) -> bool:
+        if self.open:
+            return True
+        key = headers.get(self.key_header)
+        if key is not None and self.keys and _same(key.encode("utf-8", "replace"), self.keys):
+            return True
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        scheme = scheme.lower()
+        value = value.strip()
+        if scheme == "bearer" and self.bearer and self.keys:
+            return _same(value.encode("utf-8", "replace"), self.keys)
+        if scheme == "basic" and self.basic:
+            try:
+                pair = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                return False
+            return _same(pair, self.basic)
+        return False
+
+
+def networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def _address(text: str) -> Address | None:
+    try:
+        addr = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def _within(addr: Address | None, nets: tuple[Network, ...]) -> bool:
+    return addr is not None and any(addr.version == n.version and addr in n for n in nets)
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]) -> Address | None:
+    """The caller's address: the peer's, or when the peer is a trusted proxy, the right-most address in
+    ``X-Forwarded-For`` that is not itself a trusted proxy."""
+    addr = _address(peer) if peer else None
+    if not forwarded_for or not _within(addr, trusted):
+        return addr
+    for hop in reversed(forwarded_for.split(",")):
+        hop_addr = _address(hop)
+        if hop_addr is None:
+            return None
+        if not _within(hop_addr, trusted):
+            return hop_addr
+    return addr
+
+
+def allowed(addr: Address | None, nets: tuple[Network, ...]) -> bool:
+    """Whether ``addr`` may call an endpoint limited to ``nets`` (none: any address)."""
+    return not nets or _within(addr, nets)

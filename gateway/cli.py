@@ -1,0 +1,161 @@
+"""``routing-gateway``: serve, check a config, or dry-run a request."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+
+import msgspec
+
+from adapters import PROTOCOLS, Rejected, eml, smartrouting
+from core.decide import Context, apply, caller_info, explain, first_match
+from core.errors import ConfigError
+from core.store import DryRunStore, MemoryStore
+from gateway import config as config_mod
+from gateway.app import CONFIG_ENV
+from gateway.logs import setup as setup_logs
+
+ADAPTERS = {"smartrouting": smartrouting, "eml": eml}
+
+
+def _default_config() -> str:
+    return os.environ.get(CONFIG_ENV, "config.toml")
+
+
+def _load(path: str) -> config_mod.Loaded | None:
+    try:
+        loaded = config_mod.load(path)
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.problems)} problem{'s' * (len(exc.problems) != 1)}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return loaded
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    loaded = _load(args.path)
+    if loaded is None:
+        return 1
+    r = loaded.rules
+    print(
+        f"{args.path}: ok (version {loaded.version}; {len(r.rules)} rules, {len(r.services)} services, "
+        f"{len(r.callers)} known callers, {len(r.hours)} schedules)"
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    if loaded is None:
+        print("not started: fix the config and start again", file=sys.stderr)
+        return 1
+    from gateway.server import serve
+
+    setup_logs()
+    serve(loaded, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
+def _guess_protocol(body: bytes) -> str:
+    try:
+        value = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return "smartrouting"
+    return "eml" if isinstance(value, dict) and ("rclassification" in value or "callID" in value) else "smartrouting"
+
+
+async def _route(loaded: config_mod.Loaded, protocol: str, body: bytes, at: dt.datetime, show_all: bool) -> int:
+    adapter = ADAPTERS[protocol]
+    try:
+        query = adapter.parse(body, "application/json")
+    except Rejected as exc:
+        print(f"protocol: {protocol}\nrequest refused\nreply: {exc.reply.status}\n{exc.reply.body.decode()}")
+        return 2
+    # Reads shared state (round-robin positions) but writes nothing: a dry run changes no state.
+    store = DryRunStore(MemoryStore())
+    ctx = Context(rules=loaded.rules, store=store, clock=lambda: at)
+    caller = await caller_info(query, ctx, None)
+    rule = first_match(query, caller, loaded.rules, at)
+    decision = await apply(rule, query, caller, loaded.rules, store)
+    reply = adapter.render(decision, query)
+    print(f"protocol: {protocol}")
+    print(f"time: {at.isoformat(timespec='seconds')}")
+    if query.caller:
+        known = "known" if query.caller in loaded.rules.callers else "not in the directory"
+        tags = ", ".join(sorted(caller.tags)) or "none"
+        attrs = ", ".join(sorted(caller.attributes)) or "none"
+        print(f"caller: {known}; tags: {tags}; attributes: {attrs}")
+    if show_all:
+        print("rules:")
+        for name, failed in explain(query, caller, loaded.rules, at):
+            verdict = "matches" if failed is None else f"no: when.{failed} does not hold"
+            print(f"  {'*' if rule is not None and name == rule.name else '-'} {name}: {verdict}")
+    print(f"rule: {rule.name if rule else '(none matched)'}")
+    if decision.service:
+        rr = loaded.rules.services[decision.service].strategy == "round_robin"
+        print(f"service: {decision.service}" + (" (round-robin position not advanced)" if rr else ""))
+    print(f"reply: {reply.status}")
+    if reply.body:
+        print(reply.body.decode())
+    return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    if loaded is None:
+        return 1
+    if args.body in (None, "-"):
+        body = sys.stdin.buffer.read()
+    else:
+        body = args.body.encode()
+    protocol = args.protocol or _guess_protocol(body)
+    at = dt.datetime.now(dt.UTC)
+    if args.at:
+        try:
+            at = dt.datetime.fromisoformat(args.at)
+        except ValueError:
+            print(f"--at: {args.at!r} is not an ISO date and time", file=sys.stderr)
+            return 2
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=dt.UTC)
+    return asyncio.run(_route(loaded, protocol, body, at, args.explain))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="routing-gateway", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve both webhooks")
+    s.add_argument("--config", default=_default_config(), help="config file (default: %(default)s)")
+    s.add_argument("--host", help="listen address (default: server.host)")
+    s.add_argument("--port", type=int, help="listen port (default: server.port)")
+    s.add_argument("--workers", type=int, help="worker processes (default: server.workers)")
+    s.set_defaults(run=cmd_serve)
+
+    c = sub.add_parser("check", help="validate a config and list every problem")
+    c.add_argument("path", nargs="?", default=_default_config())
+    c.set_defaults(run=cmd_check)
+
+    r = sub.add_parser("route", help="dry run: which rule a request matches, and the reply")
+    r.add_argument("body", nargs="?", help="the request body as JSON; '-' or nothing reads standard input")
+    r.add_argument("--config", default=_default_config())
+    r.add_argument("--protocol", choices=PROTOCOLS, help="default: eml when the body has callID or rclassification")
+    r.add_argument("--at", help="decide as at this ISO time (schedules), e.g. 2026-11-23T10:00:00+02:00")
+    r.add_argument("--explain", action="store_true", help="show every rule and why it did or did not match")
+    r.set_defaults(run=cmd_route)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        print("--workers: at least 1", file=sys.stderr)
+        return 2
+    return args.run(args)

@@ -1,0 +1,228 @@
+"""``config.toml``: one Struct per table, strict loading, every problem listed with its key path."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import msgspec.inspect as mi
+
+from adapters import PROTOCOLS
+from core.decide import RuleBase
+from core.directory import AttrValue, CallerInfo, from_table, load_csv
+from core.errors import ConfigError
+from core.lookup import LookupConfig
+from core.rules import Rule, compile_rule
+from core.schedules import Schedule, compile_schedule
+from core.services import Service
+from gateway.schema import check, key_path, prune
+
+Networks = list[str]
+
+
+class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=256, le=16 * 1024 * 1024)] = 102400
+    deadline_ms: Annotated[int, msgspec.Meta(ge=10, le=4500)] = 1500
+    tls_cert: str = ""
+    tls_key: str = ""
+    trusted_proxies: Networks = []
+    access_log: bool = False
+
+
+class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    redis_url: str = ""
+    key_prefix: str = "rgw:"
+    timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 100
+    cluster: bool = False
+    sentinels: list[str] = []
+    sentinel_master: str = ""
+    retry_after_s: Annotated[float, msgspec.Meta(ge=0.1, le=300)] = 2.0
+    max_entries: Annotated[int, msgspec.Meta(ge=100, le=10_000_000)] = 100_000
+
+
+class SmartRoutingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    path: str = "/smartrouting"
+    api_keys: list[str] = []
+    basic_auth: dict[str, str] = {}
+    allow_networks: Networks = []
+
+
+class EmlConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    base: str = ""
+    api_keys: list[str] = []
+    allow_networks: Networks = []
+    retry_window_s: Annotated[int, msgspec.Meta(ge=0, le=30 * 86400)] = 86400
+
+
+class DirectoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    files: list[str] = []
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+    smartrouting: SmartRoutingConfig = SmartRoutingConfig()
+    eml: EmlConfig = EmlConfig()
+    directory: DirectoryConfig = DirectoryConfig()
+    services: dict[str, Service] = {}
+    callers: dict[str, dict[str, AttrValue | list[str]]] = {}
+    schedules: dict[str, Schedule] = {}
+    lookup: LookupConfig | None = None
+    rules: list[Rule] = []
+
+
+class Loaded(msgspec.Struct, frozen=True):
+    """A loaded, valid config: the tables as written, the compiled rule base, a version and warnings."""
+
+    path: Path
+    config: Config
+    rules: RuleBase
+    version: str
+    warnings: list[str]
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SCHEMA = mi.type_info(Config)
+
+
+def _substitute(value: Any, path: str, problems: list[str]) -> Any:
+    """Replace ``${NAME}`` in every string with the environment variable NAME."""
+    if isinstance(value, str):
+
+        def env(m: re.Match) -> str:
+            found = os.environ.get(m[1])
+            if found is None:
+                problems.append(f"{path}: environment variable {m[1]} is not set")
+                return ""
+            return found
+
+        return _ENV.sub(env, value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, key_path(path, k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _networks(items: list[str], path: str, problems: list[str]) -> None:
+    for i, text in enumerate(items):
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            problems.append(f"{path}[{i}]: {text!r} is not an address or CIDR network")
+
+
+def _semantics(
+    cfg: Config, written: dict[str, set[str]], base: Path, problems: list[str], warnings: list[str]
+) -> tuple[RuleBase, bytes]:
+    """Checks across tables (references, files, networks) and the compiled rule base.
+
+    ``written`` names every service and schedule written, valid or not, so a broken one is reported once
+    and not again as missing wherever a rule names it."""
+    _networks(cfg.server.trusted_proxies, "server.trusted_proxies", problems)
+    _networks(cfg.smartrouting.allow_networks, "smartrouting.allow_networks", problems)
+    _networks(cfg.eml.allow_networks, "eml.allow_networks", problems)
+    if bool(cfg.server.tls_cert) != bool(cfg.server.tls_key):
+        problems.append("server: tls_cert and tls_key go together; give both or neither")
+    for key in ("tls_cert", "tls_key"):
+        name = getattr(cfg.server, key)
+        if name and not (base / name).is_file():
+            problems.append(f"server.{key}: no file {name!r}")
+    if cfg.store.sentinels and not cfg.store.sentinel_master:
+        problems.append("store.sentinel_master: required with store.sentinels")
+    if cfg.store.cluster and cfg.store.sentinels:
+        problems.append("store: cluster and sentinels exclude each other")
+    if (cfg.store.cluster or cfg.store.sentinels) and not cfg.store.redis_url and not cfg.store.sentinels:
+        problems.append("store.redis_url: required with cluster = true")
+    for name in ("smartrouting", "eml"):
+        section = getattr(cfg, name)
+        for i, key in enumerate(section.api_keys):
+            if not key:
+                problems.append(f"{name}.api_keys[{i}]: empty")
+    if not cfg.smartrouting.path.startswith("/"):
+        problems.append("smartrouting.path: must start with /")
+    if cfg.eml.base and not cfg.eml.base.startswith("/"):
+        problems.append("eml.base: must be empty or start with /")
+    if not cfg.smartrouting.api_keys and not cfg.smartrouting.basic_auth:
+        warnings.append("smartrouting: no api_keys and no basic_auth; the endpoint is open to anyone")
+
+    hours = {}
+    for name, sched in cfg.schedules.items():
+        compiled = compile_schedule(sched, key_path("schedules", name), problems)
+        if compiled is not None:
+            hours[name] = compiled
+    for name, svc in cfg.services.items():
+        for i, number in enumerate(svc.numbers):
+            if not number.strip():
+                problems.append(f"{key_path('services', name)}.numbers[{i}]: empty")
+
+    directory: dict[str, CallerInfo] = {}
+    files_digest = hashlib.sha256()
+    for i, name in enumerate(cfg.directory.files):
+        file = base / name
+        files_digest.update(name.encode())
+        try:
+            files_digest.update(file.read_bytes())
+        except OSError:
+            pass
+        directory.update(load_csv(file, f"directory.files[{i}] ({name})", problems))
+    directory.update(from_table(cfg.callers, "callers", problems))
+
+    rules = []
+    seen: set[str] = set()
+    for i, rule in enumerate(cfg.rules):
+        path = f"rules[{i}]"
+        if rule.name in seen:
+            problems.append(f"{path}.name: {rule.name!r} is the name of an earlier rule")
+        seen.add(rule.name)
+        w = rule.when
+        for key in ("open", "closed"):
+            names = getattr(w, key)
+            for n in [names] if isinstance(names, str) else names or ():
+                if n not in written["schedules"]:
+                    problems.append(f"{path}.when.{key}: no schedule {n!r} in [schedules]")
+        protocols = w.protocol
+        for p in [protocols] if isinstance(protocols, str) else protocols or ():
+            if p not in PROTOCOLS:
+                problems.append(f"{path}.when.protocol: {p!r} is not one of {', '.join(PROTOCOLS)}")
+        if rule.then.service is not None and rule.then.service not in written["services"]:
+            problems.append(f"{path}.then.service: no service {rule.then.service!r} in [services]")
+        rules.append(compile_rule(rule, path, problems))
+    return RuleBase(rules=tuple(rules), services=dict(cfg.services), callers=directory, hours=hours), (
+        files_digest.digest()
+    )
+
+
+def load(path: str | os.PathLike) -> Loaded:
+    """Read, check and compile the config at ``path``; raise :class:`ConfigError` listing every problem."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot be read ({exc.strerror or exc})"]) from None
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+    problems: list[str] = []
+    raw = _substitute(raw, "", problems)
+    check(raw, _SCHEMA, "", problems)
+    # With problems, the parts that do convert still get the cross-table checks, so that
+    # one run lists every problem.
+    cfg = msgspec.convert(raw if not problems else prune(raw, _SCHEMA), Config)
+    warnings: list[str] = []
+    written = {k: set(raw[k]) if isinstance(raw.get(k), dict) else set() for k in ("services", "schedules")}
+    rules, files_digest = _semantics(cfg, written, path.parent, problems, warnings)
+    if problems:
+        raise ConfigError(problems)
+    version = hashlib.sha256(data + files_digest).hexdigest()[:12]
+    return Loaded(path=path, config=cfg, rules=rules, version=version, warnings=warnings)

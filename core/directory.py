@@ -50,7 +50,7 @@ def from_table(
             continue
         tags = entry.get("tags", [])
         if not isinstance(tags, list):
-            problems.append(f"{here}.tags: expected a list of strings")
+            problems.append(f"{here}.tags: expected a list of strings, got {type(tags).__name__}")
             tags = []
         attrs = {}
         for key, value in entry.items():

@@ -102,7 +102,7 @@ def _substitute(value: Any, path: str, problems: list[str]) -> Any:
             found = os.environ.get(m[1])
             if found is None:
                 problems.append(f"{path}: environment variable {m[1]} is not set")
-                return ""
+                return m[0]  # kept, so that no check after this one reports the value again
             return found
 
         return _ENV.sub(env, value)

@@ -1,0 +1,178 @@
+"""Strict config loading: every problem listed with its key path; check and serve agree."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from core.errors import ConfigError
+from gateway.config import load
+from tests.conftest import BIN, ROOT, free_port
+
+BROKEN = """
+[server]
+port = 99999
+deadline_ms = "fast"
+colour = "blue"
+
+[store]
+timeout_ms = 0
+
+[services.Sales]
+numbers = []
+strategy = "sometimes"
+
+[schedules.office]
+timezone = "Mars/Olympus"
+mon = ["9-17", "18:00-17:00"]
+closed_dates = ["2026-13-01"]
+
+[callers."+358501231234"]
+tags = "vip"
+
+[[rules]]
+name = "a"
+when = { tag = "vip", open = "nowhere", protocol = "sip" }
+then = { service = "Nope", priority = 20000 }
+
+[[rules]]
+name = "a"
+when = { bogus = 1 }
+then = { target = "x", disconnect = true, tts = "{callr.agent}" }
+
+[[rules]]
+name = "empty"
+then = {}
+
+[[rules]]
+name = "quiet"
+then = { default = true, extra_priority = -20000 }
+"""
+
+EXPECTED = [
+    "server.port: 99999 is above 65535",
+    "server.deadline_ms: expected an integer, got a string",
+    "server.colour: unknown key",
+    "store.timeout_ms: 0 is below 1",
+    "services.Sales.numbers: needs at least 1 item",
+    "services.Sales.strategy: 'sometimes' is not one of 'first', 'random', 'round_robin'",
+    'callers."+358501231234".tags: expected a list of strings, got str',
+    "rules[0].then.priority: 20000 is above 10000",
+    "rules[1].when.bogus: unknown key",
+    "rules[3].then.extra_priority: -20000 is below -10000",
+    "schedules.office.timezone: 'Mars/Olympus' is not an IANA time zone",
+    "schedules.office.mon[0]: '9-17' is not \"HH:MM-HH:MM\"",
+    "schedules.office.mon[1]: '18:00-17:00' ends before it starts",
+    "schedules.office.closed_dates[0]: '2026-13-01' is not a date",
+    "rules[0].when.open: no schedule 'nowhere' in [schedules]",
+    "rules[0].when.protocol: 'sip' is not one of smartrouting, eml",
+    "rules[0].then.service: no service 'Nope' in [services]",
+    "rules[1].name: 'a' is the name of an earlier rule",
+    "rules[1].then: target and disconnect exclude each other",
+    "rules[1].then.tts: {callr.agent} names no caller attribute",
+    "rules[2].then: sets nothing",
+]
+
+
+@pytest.fixture
+def broken(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text(BROKEN)
+    return path
+
+
+def test_load_lists_every_problem(broken):
+    with pytest.raises(ConfigError) as info:
+        load(broken)
+    problems = info.value.problems
+    for expected in EXPECTED:
+        assert any(p.startswith(expected) for p in problems), f"missing: {expected}\ngot:\n" + "\n".join(problems)
+
+
+def test_check_cli_lists_every_problem_and_fails(broken):
+    run = subprocess.run([BIN, "check", str(broken)], capture_output=True, text=True)
+    assert run.returncode == 1
+    for expected in EXPECTED:
+        assert expected in run.stderr
+
+
+def test_serve_refuses_a_broken_config_with_the_same_list(broken):
+    run = subprocess.run([BIN, "serve", "--config", str(broken), "--port", str(free_port())],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 1
+    for expected in EXPECTED:
+        assert expected in run.stderr
+    assert "not started" in run.stderr
+
+
+def test_shipped_config_is_valid_and_warns_about_open_endpoint():
+    run = subprocess.run([BIN, "check", str(ROOT / "config.toml")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "ok (version" in run.stdout
+    assert "open to anyone" in run.stderr
+
+
+def test_environment_variables(tmp_path, monkeypatch):
+    path = tmp_path / "c.toml"
+    path.write_text('[smartrouting]\napi_keys = ["${SR_KEY}"]\nbasic_auth = { u = "p-${SR_PW}-x" }\n')
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.problems == [
+        "smartrouting.api_keys[0]: environment variable SR_KEY is not set",
+        "smartrouting.basic_auth.u: environment variable SR_PW is not set",
+    ]
+    monkeypatch.setenv("SR_KEY", "k1")
+    monkeypatch.setenv("SR_PW", "secret")
+    cfg = load(path).config
+    assert cfg.smartrouting.api_keys == ["k1"] and cfg.smartrouting.basic_auth == {"u": "p-secret-x"}
+
+
+def test_when_service_needs_no_services_entry(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[[rules]]\nname = "r"\nwhen = { service = "SALES_QUEUE" }\nthen = { target = "x" }\n')
+    assert load(path).rules.rules[0].name == "r"
+
+
+def test_not_toml(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[server\nport = 1")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert "not valid TOML" in info.value.problems[0]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path / "nope.toml")
+    assert "cannot be read" in info.value.problems[0]
+
+
+def test_directory_csv_problems(tmp_path):
+    (tmp_path / "c.csv").write_text("number,tags,agent\n+3581,vip,a\n,vip,b\n+3582,x\n+358 1,vip,c\n")
+    path = tmp_path / "c.toml"
+    path.write_text('[directory]\nfiles = ["c.csv", "missing.csv"]\n')
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    text = "\n".join(info.value.problems)
+    assert "directory.files[0] (c.csv):3: no number" in text
+    assert "directory.files[0] (c.csv):4: 2 columns where the header has 3" in text
+    assert "directory.files[0] (c.csv):5: +3581 appears twice" in text
+    assert "directory.files[1] (missing.csv): cannot be read" in text
+
+
+def test_callers_table_wins_over_files(tmp_path):
+    (tmp_path / "c.csv").write_text("number,tags,agent\n+3581,vip,from-file\n+3582,gold,\n")
+    path = tmp_path / "c.toml"
+    path.write_text('[directory]\nfiles = ["c.csv"]\n[callers."+3581"]\ntags = ["x"]\nagent = "from-table"\n')
+    callers = load(path).rules.callers
+    assert callers["+3581"].attributes == {"agent": "from-table"} and callers["+3581"].tags == {"x"}
+    assert callers["+3582"].tags == {"gold"} and callers["+3582"].attributes == {}
+
+
+def test_version_changes_with_the_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[server]\nport = 1\n")
+    v1 = load(path).version
+    path.write_text("[server]\nport = 2\n")
+    assert load(path).version != v1

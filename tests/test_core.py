@@ -1,0 +1,168 @@
+"""The core with a fixed clock: schedules, rules, templates, pools, idempotent allocation."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from adapters.eml import call_time
+from core.decide import Context, decide, fallback
+from core.numbers import mask, normalise
+from core.query import RoutingQuery
+from core.schedules import Schedule, compile_schedule
+from core.store import DryRunStore, MemoryStore
+from gateway.config import load
+
+pytestmark = pytest.mark.anyio
+
+HEL = dt.timezone(dt.timedelta(hours=2))
+
+
+def hours(**kw):
+    problems: list[str] = []
+    h = compile_schedule(Schedule(**kw), "s", problems)
+    assert not problems
+    return h
+
+
+def test_schedule_weekly_ranges_and_closed_dates():
+    h = hours(timezone="Europe/Helsinki", mon=["08:00-12:00", "13:00-16:00"], closed_dates=["2026-11-30"])
+    monday = dt.datetime(2026, 11, 23, tzinfo=HEL)
+    assert not h.is_open(monday.replace(hour=7, minute=59))
+    assert h.is_open(monday.replace(hour=8))
+    assert not h.is_open(monday.replace(hour=12, minute=30))
+    assert h.is_open(monday.replace(hour=15, minute=59))
+    assert not h.is_open(monday.replace(hour=16))
+    assert not h.is_open(monday + dt.timedelta(days=1, hours=9))       # Tuesday not given: closed
+    assert not h.is_open(dt.datetime(2026, 11, 30, 9, tzinfo=HEL))    # closed date
+
+
+def test_schedule_follows_daylight_saving():
+    h = hours(timezone="Europe/Helsinki", sun=["09:00-10:00"])
+    # 09:30 local is 07:30 UTC in winter (UTC+2) and 06:30 UTC in summer (UTC+3).
+    assert h.is_open(dt.datetime(2026, 1, 4, 7, 30, tzinfo=dt.UTC))
+    assert not h.is_open(dt.datetime(2026, 1, 4, 6, 30, tzinfo=dt.UTC))
+    assert h.is_open(dt.datetime(2026, 7, 5, 6, 30, tzinfo=dt.UTC))
+    assert not h.is_open(dt.datetime(2026, 7, 5, 7, 30, tzinfo=dt.UTC))
+
+
+def test_schedule_until_midnight():
+    h = hours(timezone="UTC", fri=["22:00-24:00"])
+    assert h.is_open(dt.datetime(2026, 11, 27, 23, 59, tzinfo=dt.UTC))
+    assert not h.is_open(dt.datetime(2026, 11, 28, 0, 0, tzinfo=dt.UTC))
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("35", 35), ("0", 0), ("02:03", 123), ("01:02:03", 3723),
+                                                (" 7 ", 7), ("100:00:00", 360000), ("1:60", None), ("abc", None),
+                                                ("3.5", None), ("-4", None), ("", None), ("1:2:3:4", None), ("٣", None)])
+def test_call_time(text, seconds):
+    assert call_time(text) == seconds
+
+
+@pytest.mark.parametrize(("raw", "norm"), [("+358 50 123-1234", "+358501231234"), ("00358501231234", "+358501231234"),
+                                           ("(09) 123 456", "09123456"), ("5032505555", "5032505555"), ("", "")])
+def test_normalise(raw, norm):
+    assert normalise(raw) == norm
+
+
+def test_mask():
+    assert mask("+358501231234") == "**********234"
+    assert mask("12") == "**" and mask("") == ""
+
+
+RULES = """
+[services.Pool]
+numbers = ["a", "b", "c"]
+strategy = "round_robin"
+[services.One]
+numbers = ["only"]
+[callers."+3581"]
+tags = ["vip"]
+agent = "ag1"
+[schedules.office]
+timezone = "Europe/Helsinki"
+mon = ["08:00-17:00"]
+[[rules]]
+name = "vip-open"
+when = { tag = "vip", open = "office" }
+then = { target = "Q-{caller.agent}", preferred_agents = ["{caller.agent}", "{caller.nope}", "fixed"], tts = "{caller.nope}" }
+[[rules]]
+name = "vip-closed"
+when = { tag = "vip", closed = "office" }
+then = { service = "Pool" }
+[[rules]]
+name = "pool"
+when = { service = "P" }
+then = { service = "Pool" }
+"""
+
+
+@pytest.fixture
+def rules(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text(RULES)
+    return load(path).rules
+
+
+MONDAY_10 = dt.datetime(2026, 11, 23, 10, tzinfo=HEL)
+SUNDAY_10 = dt.datetime(2026, 11, 22, 10, tzinfo=HEL)
+
+
+def ctx(rules, at=MONDAY_10, store=None):
+    return Context(rules=rules, store=store or MemoryStore(), clock=lambda: at, flights={})
+
+
+async def test_templates_and_schedule_with_fixed_clock(rules):
+    q = RoutingQuery(protocol="smartrouting", caller="+3581")
+    d = await decide(q, ctx(rules))
+    assert d.rule == "vip-open"
+    assert d.target == "Q-ag1"
+    assert d.preferred_agents == ("ag1", "fixed")
+    assert d.tts is None  # unknown attribute: left out
+    closed = await decide(q, ctx(rules, SUNDAY_10))
+    assert closed.rule == "vip-closed" and closed.target == "a" and closed.service == "Pool"
+
+
+async def test_round_robin_and_dry_run(rules):
+    store = MemoryStore()
+    c = ctx(rules, store=store)
+    q = RoutingQuery(protocol="eml", service="P")
+    got = [(await decide(q, c)).target for _ in range(4)]
+    assert got == ["a", "b", "c", "a"]
+    dry = ctx(rules, store=DryRunStore(store))
+    assert [(await decide(q, dry)).target for _ in range(3)] == ["b", "b", "b"]
+    assert (await decide(q, c)).target == "b"
+
+
+async def test_needs_destination_falls_back_to_the_classification(rules):
+    q = RoutingQuery(protocol="eml", service="One", needs_destination=True)
+    d = await decide(q, ctx(rules))
+    assert d.rule is None and d.target == "only" and d.id
+    assert not (await decide(RoutingQuery(protocol="eml", service="Nope", needs_destination=True), ctx(rules))).target
+
+
+async def test_concurrent_retries_allocate_once(rules):
+    store = MemoryStore()
+    c = ctx(rules, store=store)
+    q = RoutingQuery(protocol="eml", service="P", needs_destination=True, idempotency_key="call-1\x1fP")
+    results = await asyncio.gather(*(decide(q, c, remember_s=60) for _ in range(50)))
+    assert len({(r.target, r.id) for r in results}) == 1
+    assert sum(not r.replayed for r in results) == 1
+    assert await store.get("rr:Pool") == b"1"
+
+
+def test_fallback_touches_no_store(rules):
+    q = RoutingQuery(protocol="eml", service="One", needs_destination=True)
+    d = fallback(q, rules, "deadline")
+    assert d.target == "only" and d.fallback == "deadline"
+    assert not fallback(RoutingQuery(protocol="smartrouting", service="One"), rules, "deadline").routes
+
+
+def test_shipped_config_routes_the_seed_vip():
+    loaded = load(Path(__file__).resolve().parent.parent / "config.toml")
+    q = RoutingQuery(protocol="smartrouting", caller="+358501231234", dialed="+4612312345", service="SALES_QUEUE")
+    d = asyncio.run(decide(q, ctx(loaded.rules, MONDAY_10)))
+    assert d.rule == "vip-to-own-agent" and d.required_agent == "agent1@customer.com"

@@ -22,11 +22,13 @@ from starlette.routing import Route
 
 from adapters import Rejected, Reply, eml, smartrouting
 from core.decide import Context, decide, fallback, utc_now
+from core.failover import FailoverStore
+from core.redis_store import RedisStore
 from core.numbers import mask
 from core.store import MemoryStore, Store
 from gateway import config as config_mod
 from gateway.auth import Credentials, allowed, client_address, networks
-from gateway.logs import event
+from gateway.logs import event, setup as setup_logs
 
 CONFIG_ENV = "ROUTING_GATEWAY_CONFIG"
 RESERVED = ("/healthz", "/readyz", "/metrics")
@@ -73,6 +75,29 @@ class Runtime:
         self.trusted = networks(cfg.server.trusted_proxies)
         self.deadline_s = cfg.server.deadline_ms / 1000
         self.max_body = cfg.server.max_body_bytes
+
+
+def make_store(cfg: config_mod.StoreConfig) -> Store:
+    """Redis (with the in-process store behind it for when Redis fails) when configured, else in process."""
+    memory = MemoryStore(cfg.max_entries)
+    if not cfg.redis_url and not cfg.sentinels:
+        return memory
+    redis = RedisStore.connect(
+        cfg.redis_url,
+        cfg.key_prefix,
+        cfg.timeout_ms / 1000,
+        cluster=cfg.cluster,
+        sentinels=cfg.sentinels,
+        master=cfg.sentinel_master,
+    )
+    return FailoverStore(redis, memory, cfg.retry_after_s)
+
+
+def store_status(store: Store) -> str:
+    """``ok``, ``degraded`` (Redis unreachable, serving in process) or ``in-process`` (no Redis configured)."""
+    if isinstance(store, FailoverStore):
+        return store.status()
+    return "in-process" if isinstance(store, MemoryStore) else "ok"
 
 
 class State:
@@ -188,7 +213,10 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        the_store = store or MemoryStore(loaded.config.store.max_entries)
+        the_store = store or make_store(loaded.config.store)
+        if isinstance(the_store, FailoverStore):
+            # Find out now whether Redis answers, so that /readyz tells the truth from the start.
+            await the_store.ping()
         state.runtime = Runtime(loaded, the_store, clock)
         state.ready = True
         event("started", config=str(loaded.path), version=loaded.version, pid=os.getpid())
@@ -242,11 +270,16 @@ def create_app(
         if not state.ready or rt is None:
             body = {"status": "stopping" if state.stopping else "starting"}
             return Response(_encode(body), status_code=503, media_type="application/json")
+        store = store_status(rt.ctx.store)
         body = {
-            "status": "ok",
+            # Still 200 when degraded: the gateway still answers every webhook, and a load balancer
+            # must not drop every replica because their shared Redis is down.
+            "status": "degraded" if store == "degraded" else "ok",
             "config": {"version": rt.loaded.version, "loaded_at": rt.loaded_at.isoformat(timespec="seconds")},
-            "dependencies": {"store": "ok"},
+            "dependencies": {"store": store},
         }
+        if store == "degraded":
+            body["degraded"] = ["redis"]
         return Response(_encode(body), media_type="application/json")
 
     app = Starlette(
@@ -262,5 +295,7 @@ def create_app(
 
 
 def from_env() -> Starlette:
-    """Factory for uvicorn workers: the config path comes in ``$ROUTING_GATEWAY_CONFIG``."""
+    """Factory for uvicorn workers: the config path comes in ``$ROUTING_GATEWAY_CONFIG``.
+    Workers are fresh processes, so each sets up its own logging."""
+    setup_logs()
     return create_app(os.environ.get(CONFIG_ENV, "config.toml"))

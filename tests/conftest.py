@@ -117,3 +117,43 @@ def e2e(tmp_path_factory):
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real redis-server for the session (never the shared 6379); tests use their own key prefixes."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of the test's own, for tests that kill it."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path)
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """A real local 3-node Redis Cluster."""
+    from tests.redis_server import RedisCluster
+
+    c = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    yield c
+    c.kill()
+
+
+@pytest.fixture(scope="session")
+def sentinel(tmp_path_factory):
+    """A Redis master watched by a real Redis Sentinel as ``mymaster``."""
+    from tests.redis_server import RedisSentinel
+
+    s = RedisSentinel(tmp_path_factory.mktemp("sentinel"))
+    yield s
+    s.kill()

@@ -239,7 +239,7 @@ def test_health_and_readiness(e2e):
     assert ready.status_code == 200
     body = ready.json()
     assert body["status"] == "ok" and len(body["config"]["version"]) == 12
-    assert body["dependencies"]["store"] == "ok"
+    assert body["dependencies"]["store"] == "in-process"
 
 
 def test_decision_log_masks_numbers(e2e):

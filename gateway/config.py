@@ -137,6 +137,13 @@ def _semantics(
         name = getattr(cfg.server, key)
         if name and not (base / name).is_file():
             problems.append(f"server.{key}: no file {name!r}")
+    scheme = cfg.store.redis_url.partition("://")[0]
+    if cfg.store.redis_url and scheme not in ("redis", "rediss", "unix"):
+        problems.append("store.redis_url: must start with redis://, rediss:// or unix://")
+    for i, item in enumerate(cfg.store.sentinels):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            problems.append(f'store.sentinels[{i}]: {item!r} is not "host:port"')
     if cfg.store.sentinels and not cfg.store.sentinel_master:
         problems.append("store.sentinel_master: required with store.sentinels")
     if cfg.store.cluster and cfg.store.sentinels:

@@ -18,6 +18,8 @@ colour = "blue"
 
 [store]
 timeout_ms = 0
+redis_url = "http://localhost"
+sentinels = ["nohost"]
 
 [services.Sales]
 numbers = []
@@ -55,6 +57,9 @@ EXPECTED = [
     "server.deadline_ms: expected an integer, got a string",
     "server.colour: unknown key",
     "store.timeout_ms: 0 is below 1",
+    "store.redis_url: must start with redis://, rediss:// or unix://",
+    "store.sentinels[0]: 'nohost' is not \"host:port\"",
+    "store.sentinel_master: required with store.sentinels",
     "services.Sales.numbers: needs at least 1 item",
     "services.Sales.strategy: 'sometimes' is not one of 'first', 'random', 'round_robin'",
     'callers."+358501231234".tags: expected a list of strings, got str',

@@ -174,11 +174,14 @@ async def _once_across(
     lease = 1.0 + (5.0 if deadline is None else max(0.0, deadline - loop.time()))
     delay = 0.005
     while True:
-        raw = await ctx.store.get(key)
-        if raw is not None and raw != PENDING:
-            return msgspec.structs.replace(_decode(raw), replayed=True)
-        if raw is None and await ctx.store.add(key, PENDING, lease):
+        # Claim first: a new call (the common case) costs one round trip here, not two.
+        if await ctx.store.add(key, PENDING, lease):
             break
+        raw = await ctx.store.get(key)
+        if raw is None:
+            continue  # the claim lapsed or was given up just now: try again at once
+        if raw != PENDING:
+            return msgspec.structs.replace(_decode(raw), replayed=True)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
     try:
@@ -188,8 +191,9 @@ async def _once_across(
         raise
     if decision.target:
         record = _encode(decision)
-        await ctx.store.set(key, record, remember_s)
-        await ctx.store.set(f"mq:{decision.id}", record, remember_s)
+        await asyncio.gather(
+            ctx.store.set(key, record, remember_s), ctx.store.set(f"mq:{decision.id}", record, remember_s)
+        )
     else:
         await ctx.store.delete(key)
     return decision

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
 
+import httpx
 import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,6 +24,7 @@ from starlette.routing import Route
 from adapters import Rejected, Reply, eml, smartrouting
 from core.decide import Context, decide, fallback, utc_now
 from core.failover import FailoverStore
+from core.lookup import CrmLookup, Observer
 from core.redis_store import RedisStore
 from core.numbers import mask
 from core.store import MemoryStore, Store
@@ -51,11 +53,21 @@ def _route_key(path: str) -> str:
 class Runtime:
     """Everything one config version needs to answer webhooks; a reload builds a new one and swaps it."""
 
-    def __init__(self, loaded: config_mod.Loaded, store: Store, clock: Callable[[], dt.datetime]) -> None:
+    def __init__(
+        self,
+        loaded: config_mod.Loaded,
+        store: Store,
+        clock: Callable[[], dt.datetime],
+        http: httpx.AsyncClient,
+        observe: Observer | None = None,
+    ) -> None:
         cfg = loaded.config
         self.loaded = loaded
         self.loaded_at = dt.datetime.now(dt.UTC)
-        self.ctx = Context(rules=loaded.rules, store=store, clock=clock, flights={})
+        self.lookup = None
+        if cfg.lookup is not None:
+            self.lookup = CrmLookup(cfg.lookup, store, http, *([observe] if observe else []))
+        self.ctx = Context(rules=loaded.rules, store=store, lookup=self.lookup, clock=clock, flights={})
         sr, em = cfg.smartrouting, cfg.eml
         self.routes = {
             _route_key(sr.path): Endpoint(
@@ -217,7 +229,11 @@ def create_app(
         if isinstance(the_store, FailoverStore):
             # Find out now whether Redis answers, so that /readyz tells the truth from the start.
             await the_store.ping()
-        state.runtime = Runtime(loaded, the_store, clock)
+        # One pooled client for every lookup; per-request timeouts come from [lookup].
+        http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20), follow_redirects=False
+        )
+        state.runtime = Runtime(loaded, the_store, clock, http)
         state.ready = True
         event("started", config=str(loaded.path), version=loaded.version, pid=os.getpid())
         try:
@@ -225,6 +241,9 @@ def create_app(
         finally:
             state.ready = False
             state.stopping = True
+            if state.runtime.lookup is not None:
+                state.runtime.lookup.close()
+            await http.aclose()
             await the_store.close()
             event("stopped", pid=os.getpid())
 

@@ -9,14 +9,16 @@ import os
 import sys
 from pathlib import Path
 
+import httpx
 import msgspec
 
 from adapters import PROTOCOLS, Rejected, eml, smartrouting
 from core.decide import Context, apply, caller_info, explain, first_match
 from core.errors import ConfigError
-from core.store import DryRunStore, MemoryStore
+from core.lookup import CrmLookup
+from core.store import DryRunStore
 from gateway import config as config_mod
-from gateway.app import CONFIG_ENV
+from gateway.app import CONFIG_ENV, make_store
 from gateway.logs import setup as setup_logs
 
 ADAPTERS = {"smartrouting": smartrouting, "eml": eml}
@@ -58,6 +60,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     from gateway.server import serve
 
+    store = loaded.config.store
+    if (args.workers or loaded.config.server.workers) > 1 and not (store.redis_url or store.sentinels):
+        print("warning: several workers without Redis: each keeps its own round-robin positions and "
+              "call records", file=sys.stderr)
     setup_logs()
     serve(loaded, host=args.host, port=args.port, workers=args.workers)
     return 0
@@ -78,10 +84,20 @@ async def _route(loaded: config_mod.Loaded, protocol: str, body: bytes, at: dt.d
     except Rejected as exc:
         print(f"protocol: {protocol}\nrequest refused\nreply: {exc.reply.status}\n{exc.reply.body.decode()}")
         return 2
-    # Reads shared state (round-robin positions) but writes nothing: a dry run changes no state.
-    store = DryRunStore(MemoryStore())
-    ctx = Context(rules=loaded.rules, store=store, clock=lambda: at)
-    caller = await caller_info(query, ctx, None)
+    # Reads shared state (round-robin positions, cached lookups) but writes nothing: a dry run
+    # changes no state. It may ask the CRM, which only reads.
+    real = make_store(loaded.config.store)
+    store = DryRunStore(real)
+    lookup_result = None
+    async with httpx.AsyncClient() as http:
+        lookup = CrmLookup(loaded.config.lookup, store, http) if loaded.config.lookup else None
+        ctx = Context(rules=loaded.rules, store=store, clock=lambda: at)
+        caller = await caller_info(query, ctx, None)
+        if lookup is not None and query.caller:
+            found, lookup_result = await lookup.lookup(query.caller, loaded.config.server.deadline_ms / 1000)
+            if found is not None:
+                caller = caller.merged(found)
+    await real.close()
     rule = first_match(query, caller, loaded.rules, at)
     decision = await apply(rule, query, caller, loaded.rules, store)
     reply = adapter.render(decision, query)
@@ -92,6 +108,11 @@ async def _route(loaded: config_mod.Loaded, protocol: str, body: bytes, at: dt.d
         tags = ", ".join(sorted(caller.tags)) or "none"
         attrs = ", ".join(sorted(caller.attributes)) or "none"
         print(f"caller: {known}; tags: {tags}; attributes: {attrs}")
+    if lookup_result is not None:
+        how = {"hit": "cached answer", "stale": "cached answer past its TTL", "miss": "asked the CRM: found",
+               "not_found": "asked the CRM: not found", "failed": "the CRM failed", "timeout": "the CRM timed out",
+               "open": "not asked: the CRM keeps failing"}[lookup_result]
+        print(f"lookup: {lookup_result} ({how})")
     if show_all:
         print("rules:")
         for name, failed in explain(query, caller, loaded.rules, at):

@@ -162,6 +162,14 @@ def _semantics(
     if not cfg.smartrouting.api_keys and not cfg.smartrouting.basic_auth:
         warnings.append("smartrouting: no api_keys and no basic_auth; the endpoint is open to anyone")
 
+    if cfg.lookup is not None:
+        if not cfg.lookup.url.startswith(("http://", "https://")):
+            problems.append("lookup.url: must start with http:// or https://")
+        if "{caller}" not in cfg.lookup.url:
+            problems.append("lookup.url: must contain {caller}, where the caller's number goes")
+        if not cfg.lookup.tags_field:
+            problems.append("lookup.tags_field: must not be empty")
+
     hours = {}
     for name, sched in cfg.schedules.items():
         compiled = compile_schedule(sched, key_path("schedules", name), problems)

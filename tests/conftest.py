@@ -157,3 +157,13 @@ def sentinel(tmp_path_factory):
     s = RedisSentinel(tmp_path_factory.mktemp("sentinel"))
     yield s
     s.kill()
+
+
+@pytest.fixture
+def crm():
+    """A local HTTP server standing in for the CRM."""
+    from tests.crm import FakeCrm
+
+    server = FakeCrm()
+    yield server
+    server.close()

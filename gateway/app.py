@@ -28,9 +28,10 @@ from core.lookup import CrmLookup, Observer
 from core.redis_store import RedisStore
 from core.numbers import mask
 from core.store import MemoryStore, Store
-from gateway import config as config_mod
+from gateway import config as config_mod, metrics
 from gateway.auth import Credentials, allowed, client_address, networks
 from gateway.logs import event, setup as setup_logs
+from gateway.reload import Reloader
 
 CONFIG_ENV = "ROUTING_GATEWAY_CONFIG"
 RESERVED = ("/healthz", "/readyz", "/metrics")
@@ -102,7 +103,7 @@ def make_store(cfg: config_mod.StoreConfig) -> Store:
         sentinels=cfg.sentinels,
         master=cfg.sentinel_master,
     )
-    return FailoverStore(redis, memory, cfg.retry_after_s)
+    return FailoverStore(redis, memory, cfg.retry_after_s, on_change=lambda up: metrics.STORE_UP.set(int(up)))
 
 
 def store_status(store: Store) -> str:
@@ -170,6 +171,7 @@ async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, hea
     start = loop.time()
     note: dict[str, Any] = {}
     if scope["method"] != "POST":
+        note["outcome"] = "method"
         return a.error("method", scope["method"], target), note
     peer = scope.get("client")
     addr = client_address(peer[0] if peer else None, headers.get("x-forwarded-for"), rt.trusted)
@@ -233,18 +235,30 @@ def create_app(
         http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20), follow_redirects=False
         )
-        state.runtime = Runtime(loaded, the_store, clock, http)
+        state.runtime = Runtime(loaded, the_store, clock, http, metrics.observe_lookup)
+        metrics.STORE_UP.set(int(store_status(the_store) != "degraded"))
+        metrics.config_loaded(loaded.version, None, time.time())
+
+        def swap(new: config_mod.Loaded) -> None:
+            # One assignment: requests in flight keep the runtime they started with.
+            state.runtime = Runtime(new, the_store, clock, http, metrics.observe_lookup)
+
+        reloader = Reloader(lambda: state.runtime.loaded, swap)
+        reloader.install()
         state.ready = True
-        event("started", config=str(loaded.path), version=loaded.version, pid=os.getpid())
+        event("started", config=str(loaded.path), version=loaded.version, pid=os.getpid(),
+              store=store_status(the_store))
         try:
             yield
         finally:
             state.ready = False
             state.stopping = True
+            reloader.close()
             if state.runtime.lookup is not None:
                 state.runtime.lookup.close()
             await http.aclose()
             await the_store.close()
+            metrics.worker_exit(os.getpid())
             event("stopped", pid=os.getpid())
 
     async def webhooks(scope: dict, receive: Callable, send: Callable) -> None:
@@ -264,20 +278,31 @@ def create_app(
                 reply = Reply(404, b'{"error":"not found"}', "application/json")
             return await _send(send, reply, request_id)
         began = time.perf_counter()
+        protocol = ep.adapter.NAME
         try:
             reply, note = await _answer(ep, rt, scope, receive, headers, target)
         except ClientGone:
             return
         except Exception:
-            event("failed", logging.ERROR, exc_info=True, request_id=request_id, protocol=ep.adapter.NAME)
+            event("failed", logging.ERROR, exc_info=True, request_id=request_id, protocol=protocol)
             reply, note = ep.adapter.error("internal"), {"outcome": "error"}
         await _send(send, reply, request_id)
+        took = time.perf_counter() - began
+        outcome = note.get("outcome", "error")
+        metrics.REQUESTS.labels(protocol, outcome).inc()
+        metrics.LATENCY.labels(protocol).observe(took)
+        if note.get("rule"):
+            metrics.RULES.labels(note["rule"]).inc()
+        if note.get("fallback"):
+            metrics.FALLBACKS.labels(note["fallback"]).inc()
+        if outcome in ("routed", "default", "not_found") and store_status(rt.ctx.store) == "degraded":
+            metrics.FALLBACKS.labels("store").inc()
         event(
             "decision",
             request_id=request_id,
-            protocol=ep.adapter.NAME,
+            protocol=protocol,
             status=reply.status,
-            latency_ms=round((time.perf_counter() - began) * 1000, 3),
+            latency_ms=round(took * 1000, 3),
             **{k: v for k, v in note.items() if v is not None},
         )
 
@@ -301,8 +326,12 @@ def create_app(
             body["degraded"] = ["redis"]
         return Response(_encode(body), media_type="application/json")
 
+    async def metrics_endpoint(request: Request) -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
     app = Starlette(
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_endpoint)],
         lifespan=lifespan,
     )
     # Webhook paths come from the config (and may change on reload), match as Express does, and never

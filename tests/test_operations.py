@@ -1,0 +1,285 @@
+"""Operating the gateway: metrics, reload, TLS, proxies, graceful shutdown, logs, explain."""
+
+from __future__ import annotations
+
+import signal
+import ssl
+import subprocess
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import BIN
+
+pytestmark = pytest.mark.e2e
+
+
+def rule_config(target: str, extra: str = "") -> str:
+    return f"""
+[smartrouting]
+api_keys = ["${{OPS_SR_KEY}}"]
+basic_auth = {{ ops = "${{OPS_SR_PW}}" }}
+
+[eml]
+api_keys = ["${{OPS_EML_KEY}}"]
+
+[services.Sales]
+numbers = ["100", "101"]
+strategy = "round_robin"
+
+[callers."+358501231234"]
+tags = ["vip"]
+
+[[rules]]
+name = "vip"
+when = {{ tag = "vip" }}
+then = {{ target = "{target}" }}
+{extra}
+"""
+
+
+SECRETS = {"OPS_SR_KEY": "sr-key-7f3a9c", "OPS_SR_PW": "sr-pw-2b8d1e", "OPS_EML_KEY": "eml-key-5c6e0a"}
+SR = {"X-Benemen-APIKey": SECRETS["OPS_SR_KEY"]}
+EML = {"X-API-Key": SECRETS["OPS_EML_KEY"]}
+
+
+def samples(gw) -> dict[tuple[str, tuple], float]:
+    text = gw.client.get("/metrics").text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(found, name, **labels):
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def vip(gw):
+    return gw.client.post("/smartrouting", json={"anum": "+358501231234"}, headers=SR)
+
+
+def wait_for(predicate, timeout=8.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def traffic(gw):
+    for _ in range(3):
+        assert vip(gw).status_code == 200
+    for _ in range(2):
+        assert gw.client.post("/smartrouting", json={"anum": "+3584"}, headers=SR).status_code == 204
+    for i in range(2):
+        assert gw.client.post("/call/request", json={"callID": f"m{i}", "rclassification": "Sales",
+                                                     "callTime": "1"}, headers=EML).json()["success"]
+    assert gw.client.post("/call/request", json={"callID": "m9", "rclassification": "Nope", "callTime": "1"},
+                          headers=EML).json() == {"success": False, "message": "Nope not found"}
+    assert gw.client.post("/call/request", json={"callID": 5}, headers=EML).status_code == 400
+    assert gw.client.post("/smartrouting", json={}).status_code == 401
+
+
+def test_metrics_count_known_traffic(start_gateway):
+    gw = start_gateway(rule_config("VIP"), env=SECRETS)
+    traffic(gw)
+    m = samples(gw)
+    assert value(m, "routing_requests_total", protocol="smartrouting", outcome="routed") == 3
+    assert value(m, "routing_requests_total", protocol="smartrouting", outcome="default") == 2
+    assert value(m, "routing_requests_total", protocol="smartrouting", outcome="unauthorized") == 1
+    assert value(m, "routing_requests_total", protocol="eml", outcome="routed") == 2
+    assert value(m, "routing_requests_total", protocol="eml", outcome="not_found") == 1
+    assert value(m, "routing_requests_total", protocol="eml", outcome="bad_request") == 1
+    assert value(m, "routing_rule_matches_total", rule="vip") == 3
+    assert value(m, "routing_request_duration_seconds_count", protocol="smartrouting") == 6
+    assert value(m, "routing_request_duration_seconds_bucket", protocol="eml", le="0.001") >= 1
+    assert value(m, "routing_store_up") == 1
+    version = gw.client.get("/readyz").json()["config"]["version"]
+    assert value(m, "routing_config_info", version=version) == 1
+
+
+def test_metrics_are_summed_across_workers(start_gateway, redis_server):
+    store = f'[store]\nredis_url = "{redis_server.url}"\nkey_prefix = "w{uuid.uuid4().hex[:6]}:"\n'
+    gw = start_gateway(store + rule_config("VIP"), "--workers", "2", env=SECRETS)
+    # New connections, so that both workers take some of the traffic.
+    for _ in range(20):
+        with httpx.Client(base_url=gw.url) as c:
+            assert c.post("/smartrouting", json={"anum": "+358501231234"}, headers=SR).status_code == 200
+    for _ in range(5):  # whichever worker answers the scrape, it sees all 20
+        assert value(samples(gw), "routing_requests_total", protocol="smartrouting", outcome="routed") == 20
+
+
+def test_reload_on_sighup_and_refusal_of_an_invalid_file(start_gateway):
+    gw = start_gateway(rule_config("OLD"), env=SECRETS)
+    v1 = gw.client.get("/readyz").json()["config"]
+    assert vip(gw).json() == {"InitialTarget": "OLD"}
+    gw.config.write_text(rule_config("NEW"))
+    gw.signal(signal.SIGHUP)
+    assert wait_for(lambda: vip(gw).json() == {"InitialTarget": "NEW"})
+    v2 = gw.client.get("/readyz").json()["config"]
+    assert v2["version"] != v1["version"]
+    gw.config.write_text(rule_config("BROKEN").replace('target = "BROKEN"', "priority = 20000"))
+    gw.signal(signal.SIGHUP)
+    assert wait_for(lambda: "reload refused" in gw.logs())
+    assert "rules[0].then.priority: 20000 is above 10000" in gw.logs()
+    assert vip(gw).json() == {"InitialTarget": "NEW"}
+    assert gw.client.get("/readyz").json()["config"]["version"] == v2["version"]
+    m = samples(gw)
+    assert value(m, "routing_config_reloads_total", result="ok") >= 1
+    assert value(m, "routing_config_reloads_total", result="invalid") >= 1
+    assert value(m, "routing_config_info", version=v1["version"]) == 0
+    assert value(m, "routing_config_info", version=v2["version"]) == 1
+    assert gw.proc.poll() is None
+
+
+def test_reload_when_the_file_or_a_directory_csv_changes(start_gateway, tmp_path):
+    (tmp_path / "people.csv").write_text("number,tags\n+3584001,vip\n")
+    extra = '[directory]\nfiles = ["people.csv"]\n'
+    gw = start_gateway(extra + rule_config("FILE1"), env=SECRETS)
+    assert vip(gw).json() == {"InitialTarget": "FILE1"}
+    gw.config.write_text(extra + rule_config("FILE2"))
+    assert wait_for(lambda: vip(gw).json() == {"InitialTarget": "FILE2"})
+    csv_caller = {"anum": "+3584002"}
+    assert gw.client.post("/smartrouting", json=csv_caller, headers=SR).status_code == 204
+    (tmp_path / "people.csv").write_text("number,tags\n+3584001,vip\n+3584002,vip\n")
+    assert wait_for(lambda: gw.client.post("/smartrouting", json=csv_caller, headers=SR).status_code == 200)
+
+
+def test_reload_with_workers(start_gateway):
+    gw = start_gateway(rule_config("W-OLD"), "--workers", "2", env=SECRETS)
+    gw.config.write_text(rule_config("W-NEW"))
+    gw.signal(signal.SIGHUP)
+
+    def all_new():
+        for _ in range(10):
+            with httpx.Client(base_url=gw.url) as c:
+                if c.post("/smartrouting", json={"anum": "+358501231234"}, headers=SR).json() != {
+                        "InitialTarget": "W-NEW"}:
+                    return False
+        return True
+
+    assert wait_for(all_new)
+    assert gw.proc.poll() is None
+
+
+def test_https(start_gateway, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    tls = '[server]\ntls_cert = "server.pem"\ntls_key = "server.key"\n'
+    context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    gw = start_gateway(tls + rule_config("TLS"), env=SECRETS, scheme="https", verify=context)
+    assert vip(gw).json() == {"InitialTarget": "TLS"}
+    r = gw.client.post("/call/request", json={"callID": "t1", "rclassification": "Sales", "callTime": "1"},
+                       headers=EML)
+    assert r.status_code == 201 and r.json()["number"] in ("100", "101")
+    with pytest.raises(httpx.TransportError):
+        httpx.post(f"http://127.0.0.1:{gw.port}/smartrouting", json={}, timeout=3)
+
+
+def test_allow_networks_behind_a_trusted_proxy(start_gateway):
+    extra = '[smartrouting]\nallow_networks = ["80.88.186.0/24"]\n[eml]\nallow_networks = ["10.0.0.0/8"]\n'
+    text = rule_config("P").replace("[smartrouting]\n", extra.split("[eml]")[0], 1).replace(
+        '[eml]\n', "[eml]\n" + 'allow_networks = ["10.0.0.0/8"]\n', 1)
+    direct = start_gateway(text, env=SECRETS)
+    # Without trusted proxies X-Forwarded-For is not believed: 127.0.0.1 is outside the list.
+    r = direct.client.post("/smartrouting", json={"anum": "+358501231234"},
+                           headers={**SR, "X-Forwarded-For": "80.88.186.10"})
+    assert r.status_code == 403 and r.json() == {"error": "source address not allowed"}
+    r = direct.client.post("/call/request", json={}, headers={**EML, "X-Forwarded-For": "10.1.1.1"})
+    assert r.status_code == 403 and r.content == b'{"message":"Forbidden","statusCode":403}'
+
+    proxied = start_gateway('[server]\ntrusted_proxies = ["127.0.0.1/32"]\n' + text, env=SECRETS)
+    ok = proxied.client.post("/smartrouting", json={"anum": "+358501231234"},
+                             headers={**SR, "X-Forwarded-For": "203.0.113.9, 80.88.186.10"})
+    assert ok.json() == {"InitialTarget": "P"}
+    spoofed = proxied.client.post("/smartrouting", json={}, headers={**SR, "X-Forwarded-For": "80.88.186.10, 8.8.8.8"})
+    assert spoofed.status_code == 403
+    assert proxied.client.post("/smartrouting", json={}, headers=SR).status_code == 403
+
+
+def test_graceful_shutdown_finishes_in_flight_webhooks(start_gateway, crm):
+    crm.modes["+46700000001"] = "slow"  # 4 s; the lookup waits up to 2.5 s
+    lookup = f'[server]\ndeadline_ms = 3000\n[lookup]\nurl = "{crm.url}"\ntimeout_ms = 2500\n'
+    gw = start_gateway(lookup + rule_config("X"), env=SECRETS)
+    result = {}
+
+    def slow_call():
+        began = time.perf_counter()
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            r = c.post("/smartrouting", json={"anum": "+46700000001"}, headers=SR)
+        result.update(status=r.status_code, took=time.perf_counter() - began)
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    assert wait_for(lambda: crm.hits["+46700000001"] == 1)
+    gw.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with pytest.raises(httpx.TransportError):  # no longer accepting
+        httpx.post(f"{gw.url}/smartrouting", json={}, timeout=2)
+    caller.join()
+    assert result["status"] == 204 and 2.0 < result["took"] < 3.2
+    # uvicorn re-raises the SIGTERM it handled once shutdown is done: the conventional exit.
+    assert gw.proc.wait(10) in (0, -signal.SIGTERM)
+    assert '"event":"stopped"' in gw.logs()
+
+
+def test_logs_mask_numbers_and_never_hold_a_secret(start_gateway):
+    gw = start_gateway(rule_config("L"), env=SECRETS)
+    traffic(gw)
+    gw.client.post("/smartrouting", json={"anum": "+358501231234"}, headers={"X-Benemen-APIKey": "wrong-guess"})
+    gw.client.post("/smartrouting", json={"anum": "+358501231234"},
+                   headers={"Authorization": "Basic b3BzOnNyLXB3LTJiOGQxZQ=="})
+    gw.signal(signal.SIGHUP)
+    time.sleep(0.3)
+    gw.stop()
+    logs = gw.logs()
+    for secret in SECRETS.values():
+        assert secret not in logs
+    assert "+358501231234" not in logs and "358501231234" not in logs
+    assert '"caller":"**********234"' in logs
+    lines = [line for line in logs.splitlines() if '"event":"decision"' in line]
+    assert len(lines) >= 10
+    for key in ("request_id", "protocol", "outcome", "latency_ms"):
+        assert all(f'"{key}"' in line for line in lines)
+    assert any('"rule":"vip"' in line for line in lines)
+
+
+def test_route_explain_changes_nothing(start_gateway, tmp_path):
+    gw = start_gateway(rule_config("E") + """
+[schedules.office]
+timezone = "Europe/Helsinki"
+mon = ["08:00-17:00"]
+[[rules]]
+name = "sales-open"
+when = { protocol = "eml", service = "Sales", open = "office" }
+then = { service = "Sales" }
+""", env=SECRETS)
+    body = '{"callID":"x1","rclassification":"Sales","callTime":"1"}'
+
+    def route(at):
+        run = subprocess.run([BIN, "route", "--config", str(gw.config), "--explain", "--at", at, body],
+                             capture_output=True, text=True, env={**SECRETS, "PATH": "/usr/bin:/bin"})
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+
+    open_out = route("2026-11-23T10:00:00+02:00")
+    assert "* sales-open: matches" in open_out
+    assert "- vip: no: when.tag does not hold" in open_out
+    assert '"number":"100"' in open_out and "reply: 201" in open_out
+    assert '"number":"100"' in route("2026-11-23T10:00:00+02:00")  # not advanced
+    closed_out = route("2026-11-22T10:00:00+02:00")
+    assert "- sales-open: no: when.open does not hold" in closed_out and "rule: (none matched)" in closed_out
+    r = gw.client.post("/call/request", json={"callID": "x1", "rclassification": "Sales", "callTime": "1"},
+                       headers=EML)
+    assert r.json()["number"] == "100"

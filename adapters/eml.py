@@ -14,7 +14,8 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from adapters import Rejected, Reply, media_type
-from adapters.nodejson import NodeJSONError, parse as node_parse, strict_error
+from adapters.nodejson import NodeJSONError, strict_error
+from adapters.nodejson import parse as node_parse
 from core.query import Decision, RoutingQuery
 
 NAME = "eml"
@@ -99,7 +100,7 @@ def check_content_type(value: str | None) -> None:
     kind, charset = media_type(value)
     if _form(kind) and charset not in (None, "utf-8"):
         # The charset as sent, upper-cased, as body-parser words it.
-        raw = re.search(r"charset\s*=\s*\"?([^\";]*)", value or "", re.I)
+        raw = re.search(r"charset\s*=\s*\"?([^\";]*)", value or "", re.IGNORECASE)
         shown = (raw[1] if raw else charset or "").strip().upper()
         raise Rejected(Reply(415, _encode(Status(415, f'unsupported charset "{shown}"')), CONTENT_TYPE))
 
@@ -109,8 +110,7 @@ def _json(body: bytes) -> Any:
         return {}
     # Invalid UTF-8 becomes U+FFFD and one leading byte-order mark is dropped, as body-parser's decoder does.
     text = body.decode("utf-8", "replace")
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    text = text.removeprefix("\ufeff")
     message = strict_error(text)
     if message is not None:
         raise Rejected(_reply(400, BadRequest(message)))

@@ -26,7 +26,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.config import load  # noqa: E402
+from gateway.config import load
 
 CONFIG = """
 [server]
@@ -139,7 +139,7 @@ def main() -> None:
         load_s = time.perf_counter() - began
         port = free_port()
         binary = Path(sys.executable).parent / "routing-gateway"
-        log = open(tmp / "gateway.log", "wb")
+        log = open(tmp / "gateway.log", "wb")  # noqa: SIM115 - the server's log for its lifetime
         began = time.perf_counter()
         proc = subprocess.Popen([binary, "serve", "--config", tmp / "config.toml", "--port", str(port)],
                                 stdout=log, stderr=subprocess.STDOUT,

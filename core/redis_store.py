@@ -47,7 +47,7 @@ class RedisStore:
     ) -> RedisStore:
         """A store for a URL (``redis://``, ``rediss://``, ``unix://``), a Cluster node, or Sentinels.
         Nothing is connected until the first call."""
-        options: dict[str, Any] = dict(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        options: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
         if sentinels:
             hosts = []
             for item in sentinels:

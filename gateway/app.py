@@ -25,12 +25,14 @@ from adapters import Rejected, Reply, eml, smartrouting
 from core.decide import Context, decide, fallback, utc_now
 from core.failover import FailoverStore
 from core.lookup import CrmLookup, Observer
-from core.redis_store import RedisStore
 from core.numbers import mask
+from core.redis_store import RedisStore
 from core.store import MemoryStore, Store
-from gateway import config as config_mod, metrics
+from gateway import config as config_mod
+from gateway import metrics
 from gateway.auth import Credentials, allowed, client_address, networks
-from gateway.logs import event, setup as setup_logs
+from gateway.logs import event
+from gateway.logs import setup as setup_logs
 from gateway.reload import Reloader
 
 CONFIG_ENV = "ROUTING_GATEWAY_CONFIG"
@@ -283,7 +285,7 @@ def create_app(
             reply, note = await _answer(ep, rt, scope, receive, headers, target)
         except ClientGone:
             return
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure is the protocol's 500, never a trace
             event("failed", logging.ERROR, exc_info=True, request_id=request_id, protocol=protocol)
             reply, note = ep.adapter.error("internal"), {"outcome": "error"}
         await _send(send, reply, request_id)

@@ -7,7 +7,6 @@ import asyncio
 import datetime as dt
 import os
 import sys
-from pathlib import Path
 
 import httpx
 import msgspec

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.errors import ConfigError
-from gateway import config as config_mod, metrics
+from gateway import config as config_mod
+from gateway import metrics
 from gateway.logs import event
 
 # Changing these needs a restart: they shape the process (listening socket, TLS, workers, store).
@@ -81,7 +82,7 @@ class Reloader:
                     if any(Path(p).resolve() in files for _, p in changes):
                         await self.reload("file changed")
                         break  # the files to watch may have changed with the config
-            except Exception:
+            except Exception:  # noqa: BLE001 - the watcher must outlive any error; SIGHUP still works
                 event("watch failed", logging.ERROR, exc_info=True)
                 await asyncio.sleep(5)
 

@@ -118,9 +118,8 @@ def check(value: Any, t: mi.Type, path: str, problems: list[str]) -> None:
     elif isinstance(t, mi.BoolType):
         if not isinstance(value, bool):
             problems.append(f"{path}: expected true or false, got {_kind(value)}")
-    elif isinstance(t, mi.LiteralType):
-        if value not in t.values or isinstance(value, bool):
-            problems.append(f"{path}: {value!r} is not {describe(t)}")
+    elif isinstance(t, mi.LiteralType) and (value not in t.values or isinstance(value, bool)):
+        problems.append(f"{path}: {value!r} is not {describe(t)}")
 
 
 def _kind_of_type(t: mi.Type) -> str:

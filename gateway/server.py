@@ -29,19 +29,19 @@ def serve(loaded: Loaded, host: str | None = None, port: int | None = None, work
     """Serve until SIGINT or SIGTERM; in-flight webhooks finish first."""
     server = loaded.config.server
     base = loaded.path.parent
-    options = dict(
-        host=host or server.host,
-        port=server.port if port is None else port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=server.access_log,
-        server_header=False,
+    options = {
+        "host": host or server.host,
+        "port": server.port if port is None else port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": server.access_log,
+        "server_header": False,
         # X-Forwarded-For is read by the app itself, and only from server.trusted_proxies.
-        proxy_headers=False,
-        log_level="warning",
-        timeout_graceful_shutdown=30,
-    )
+        "proxy_headers": False,
+        "log_level": "warning",
+        "timeout_graceful_shutdown": 30,
+    }
     if server.tls_cert:
         options.update(ssl_certfile=str(base / server.tls_cert), ssl_keyfile=str(base / server.tls_key))
     workers = workers or server.workers

@@ -33,7 +33,7 @@ class Gateway:
         self.port = free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.log = log
-        self._log = open(log, "ab")
+        self._log = open(log, "ab")  # noqa: SIM115 - open for the process's lifetime, closed in stop()
         full_env = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(
             [str(BIN), "serve", "--config", str(config), "--port", str(self.port), *args],

@@ -269,7 +269,7 @@ then = { service = "Sales" }
 
     def route(at):
         run = subprocess.run([BIN, "route", "--config", str(gw.config), "--explain", "--at", at, body],
-                             capture_output=True, text=True, env={**SECRETS, "PATH": "/usr/bin:/bin"})
+                             check=False, capture_output=True, text=True, env={**SECRETS, "PATH": "/usr/bin:/bin"})
         assert run.returncode == 0, run.stderr
         return run.stdout
 

@@ -36,7 +36,6 @@ from gateway.logs import setup as setup_logs
 from gateway.reload import Reloader
 
 CONFIG_ENV = "ROUTING_GATEWAY_CONFIG"
-RESERVED = ("/healthz", "/readyz", "/metrics")
 _encode = msgspec.json.Encoder().encode
 
 

@@ -24,6 +24,7 @@ from core.services import Service
 from gateway.schema import check, key_path, prune
 
 Networks = list[str]
+RESERVED = ("/healthz", "/readyz", "/metrics")
 
 
 class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -159,6 +160,13 @@ def _semantics(
         problems.append("smartrouting.path: must start with /")
     if cfg.eml.base and not cfg.eml.base.startswith("/"):
         problems.append("eml.base: must be empty or start with /")
+    # Webhook paths match in any letter case and with a trailing slash; they must not hide each other
+    # or the operational endpoints.
+    sr_path = cfg.smartrouting.path.lower().rstrip("/")
+    if sr_path in RESERVED:
+        problems.append(f"smartrouting.path: {cfg.smartrouting.path} is reserved for the gateway itself")
+    if sr_path == (cfg.eml.base + "/call/request").lower().rstrip("/"):
+        problems.append("smartrouting.path: the same path as EML's {base}/call/request")
     if not cfg.smartrouting.api_keys and not cfg.smartrouting.basic_auth:
         warnings.append("smartrouting: no api_keys and no basic_auth; the endpoint is open to anyone")
 

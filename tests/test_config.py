@@ -139,6 +139,18 @@ def test_when_service_needs_no_services_entry(tmp_path):
     assert load(path).rules.rules[0].name == "r"
 
 
+def test_webhook_paths_cannot_hide_others(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[smartrouting]\npath = "/Healthz/"\n')
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.problems == ["smartrouting.path: /Healthz/ is reserved for the gateway itself"]
+    path.write_text('[smartrouting]\npath = "/qm/call/request"\n[eml]\nbase = "/qm"\n')
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.problems == ["smartrouting.path: the same path as EML's {base}/call/request"]
+
+
 def test_not_toml(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[server\nport = 1")

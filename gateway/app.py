@@ -61,14 +61,14 @@ class Runtime:
         store: Store,
         clock: Callable[[], dt.datetime],
         http: httpx.AsyncClient,
-        observe: Observer | None = None,
+        observe: Observer,
     ) -> None:
         cfg = loaded.config
         self.loaded = loaded
         self.loaded_at = dt.datetime.now(dt.UTC)
         self.lookup = None
         if cfg.lookup is not None:
-            self.lookup = CrmLookup(cfg.lookup, store, http, *([observe] if observe else []))
+            self.lookup = CrmLookup(cfg.lookup, store, http, observe)
         self.ctx = Context(rules=loaded.rules, store=store, lookup=self.lookup, clock=clock, flights={})
         sr, em = cfg.smartrouting, cfg.eml
         self.routes = {

@@ -124,6 +124,14 @@ async def _route(loaded: config_mod.Loaded, protocol: str, body: bytes, at: dt.d
     print(f"reply: {reply.status}")
     if reply.body:
         print(reply.body.decode())
+    if show_all:
+        # The same decision as the other webhooks would render it, for rule bases shared by both.
+        for name, other in ADAPTERS.items():
+            if other is not adapter:
+                shown = other.render(decision, query)
+                print(f"as {name} would answer the same decision: {shown.status}")
+                if shown.body:
+                    print(shown.body.decode())
     return 0
 
 

@@ -277,6 +277,8 @@ then = { service = "Sales" }
     assert "* sales-open: matches" in open_out
     assert "- vip: no: when.tag does not hold" in open_out
     assert '"number":"100"' in open_out and "reply: 201" in open_out
+    assert "as smartrouting would answer the same decision: 200" in open_out
+    assert '{"InitialTarget":"100"}' in open_out
     assert '"number":"100"' in route("2026-11-23T10:00:00+02:00")  # not advanced
     closed_out = route("2026-11-22T10:00:00+02:00")
     assert "- sales-open: no: when.open does not hold" in closed_out and "rule: (none matched)" in closed_out

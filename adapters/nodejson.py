@@ -22,10 +22,10 @@ _SPECIAL = ("[object Object]", "undefined", "Infinity", "NaN")
 EOS = "Unexpected end of JSON input"
 PROP_OR_RBRACE = "Expected property name or '}'"
 DOUBLE_QUOTED_PROP = "Expected double-quoted property name"
-COLON = "Expected ':' after property name"
 COMMA_OR_RBRACE = "Expected ',' or '}' after property value"
 COMMA_OR_RBRACK = "Expected ',' or ']' after array element"
 AFTER_JSON = "Unexpected non-whitespace character after JSON"
+COLON = "Expected ':' after property name"
 
 
 class NodeJSONError(ValueError):
@@ -49,13 +49,14 @@ class _Parser:
     def fail(self, message: str) -> NodeJSONError:
         return NodeJSONError(f"{message} in JSON at position {self._pos(self.i)}")
 
-    def unexpected(self, token: str = "") -> NodeJSONError:
-        """V8's message for an unexpected token at the cursor (``token`` is NUMBER, STRING or '')."""
+    def unexpected(self) -> NodeJSONError:
+        """V8's message for the token at the cursor, which it names by the class of its first character."""
         if self.i >= self.n:
             return NodeJSONError(EOS)
-        if token == "NUMBER":
+        c = self.s[self.i]
+        if c == "-" or "0" <= c <= "9":
             return self.fail("Unexpected number")
-        if token == "STRING":
+        if c == '"':
             return self.fail("Unexpected string")
         if self.s in _SPECIAL:
             return NodeJSONError(f'"{self.s}" is not valid JSON')
@@ -83,12 +84,14 @@ class _Parser:
         self.i = _WS.match(self.s, self.i).end()
         return self.s[self.i] if self.i < self.n else ""
 
-    def key(self, missing: str) -> str:
+    def key(self, missing: str, first: bool) -> str:
         if self.ws() != '"':
             raise self.fail(missing)
         key = self.string()
         if self.ws() != ":":
-            raise self.fail(COLON)
+            # V8 names the missing colon only after an object's first key; after a comma it names
+            # whatever token it found instead.
+            raise self.fail(COLON) if first else self.unexpected()
         self.i += 1
         return key
 
@@ -147,7 +150,7 @@ class _Parser:
             i += 1
             if i < n and s[i].isascii() and s[i].isdigit():
                 self.i = i
-                raise self.unexpected("NUMBER")
+                raise self.unexpected()
         else:
             end = _DIGITS.match(s, i).end()
             if end == i:
@@ -200,7 +203,7 @@ class _Parser:
                     self.i += 1
                     v: Any = {}
                 else:
-                    stack.append(({}, self.key(PROP_OR_RBRACE)))
+                    stack.append(({}, self.key(PROP_OR_RBRACE, first=True)))
                     continue
             elif c == "[":
                 self.i += 1
@@ -231,7 +234,7 @@ class _Parser:
                     container[key] = v
                     if c == ",":
                         self.i += 1
-                        stack[-1] = (container, self.key(DOUBLE_QUOTED_PROP))
+                        stack[-1] = (container, self.key(DOUBLE_QUOTED_PROP, first=False))
                         break
                     if c != "}":
                         raise self.fail(COMMA_OR_RBRACE)
@@ -260,12 +263,18 @@ def strict_error(text: str) -> str | None:
     """body-parser's strict mode: a top level other than an object or array fails with the message
     Node gives for that first character (body-parser masks the text with ``#`` and parses that).
     None when the text starts as an object or array."""
-    first = _WS.match(text).end()
+    first = _WS.match(text).end()  # leading blanks are ASCII: the same index in UTF-16 units
     if first < len(text) and text[first] in "{[":
         return None
-    partial = text[:first] + "#" * (len(text) - first) if first < len(text) else ""
+    # JavaScript counts (and cuts) strings in UTF-16 code units.
+    units = text.encode("utf-16-le", "surrogatepass")
+    partial = text[:first] + "#" * (len(units) // 2 - first) if first < len(text) else ""
+
+    def original(m: re.Match) -> str:
+        return units[2 * first : 2 * (first + len(m.group()))].decode("utf-16-le", "replace")
+
     try:
         parse(partial)
     except NodeJSONError as exc:
-        return re.sub(r"#+", lambda m: text[first : first + len(m.group())], str(exc))
+        return re.sub(r"#+", original, str(exc))
     raise AssertionError("unreachable: # is never JSON")

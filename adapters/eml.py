@@ -88,7 +88,8 @@ def error(kind: str, method: str = "POST", target: str = "") -> Reply:
 
 
 def _form(kind: str) -> str:
-    if kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json")):
+    # Exactly the original's parsers: application/json (not */*+json) and form fields.
+    if kind == "application/json":
         return "json"
     if kind == "application/x-www-form-urlencoded":
         return "form"

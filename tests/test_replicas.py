@@ -163,3 +163,31 @@ def test_redis_killed_mid_traffic(start_gateway, own_redis):
     # Back on Redis: the round-robin position lives there again.
     prefix = gw.config.read_text().split('key_prefix = "')[1].split('"')[0]
     assert int(own_redis.client().get(f"{prefix}rr:Sales")) >= 1
+
+
+def test_deadline_answers_while_redis_hangs(start_gateway, own_redis):
+    # Redis holding every command (CLIENT PAUSE) longer than the deadline, each Redis call allowed longer still:
+    # the deadline is what answers, for both protocols, and on time.
+    text = redis_config(own_redis.url).replace("timeout_ms = 100", "timeout_ms = 3000") + """
+[server]
+deadline_ms = 300
+
+[[rules]]
+name = "pool"
+when = { protocol = "smartrouting", service = "POOL" }
+then = { service = "Sales", extra_priority = 1 }
+"""
+    gw = start_gateway(text)
+    own_redis.client().execute_command("CLIENT", "PAUSE", "2000")
+    began = time.perf_counter()
+    r = gw.eml({"callID": "slow-1", "rclassification": "Sales", "callTime": "1"})
+    eml_took = time.perf_counter() - began
+    began = time.perf_counter()
+    s = gw.smartrouting({"anum": "+3584", "targetid": "POOL"})
+    sr_took = time.perf_counter() - began
+    assert r.status_code == 201 and r.json()["number"] in ORDER and r.json()["success"] is True
+    assert s.status_code == 204
+    assert eml_took < 0.45 and sr_took < 0.45, (eml_took, sr_took)
+    assert '"fallback":"deadline"' in gw.logs()
+    metrics = gw.client.get("/metrics").text
+    assert 'routing_fallbacks_total{reason="deadline"} 2.0' in metrics

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 
 import msgspec
 
@@ -64,15 +63,15 @@ def from_table(
     return out
 
 
-def load_csv(path: Path, label: str, problems: list[str], max_problems: int = 20) -> dict[str, CallerInfo]:
-    """Read a caller CSV: header ``number,tags,<attribute>,...``; tags separated by ``;``.
+def parse_csv(data: bytes, label: str, problems: list[str], max_problems: int = 20) -> dict[str, CallerInfo]:
+    """Parse a caller CSV: header ``number,tags,<attribute>,...``; tags separated by ``;``.
 
     Empty attribute cells are left out. Problems are appended as ``label:LINE: ...``.
     """
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"{label}: cannot be read ({exc.__class__.__name__}: {exc})")
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        problems.append(f"{label}: not UTF-8 ({exc})")
         return {}
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)

@@ -15,7 +15,7 @@ import msgspec.inspect as mi
 
 from adapters import PROTOCOLS
 from core.decide import RuleBase
-from core.directory import AttrValue, CallerInfo, from_table, load_csv
+from core.directory import AttrValue, CallerInfo, from_table, parse_csv
 from core.errors import ConfigError
 from core.lookup import LookupConfig
 from core.rules import Rule, compile_rule
@@ -191,13 +191,15 @@ def _semantics(
     directory: dict[str, CallerInfo] = {}
     files_digest = hashlib.sha256()
     for i, name in enumerate(cfg.directory.files):
-        file = base / name
-        files_digest.update(name.encode())
+        label = f"directory.files[{i}] ({name})"
         try:
-            files_digest.update(file.read_bytes())
-        except OSError:
-            pass
-        directory.update(load_csv(file, f"directory.files[{i}] ({name})", problems))
+            # Read once: the version hashes exactly the bytes that were loaded.
+            data = (base / name).read_bytes()
+        except OSError as exc:
+            problems.append(f"{label}: cannot be read ({exc.strerror or exc})")
+            continue
+        files_digest.update(name.encode() + b"\0" + data)
+        directory.update(parse_csv(data, label, problems))
     directory.update(from_table(cfg.callers, "callers", problems))
 
     rules = []

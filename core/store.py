@@ -99,7 +99,8 @@ class DryRunStore:
         self._values = MemoryStore()
 
     async def get(self, key: str) -> bytes | None:
-        return await self._values.get(key) or await self._inner.get(key)
+        own = await self._values.get(key)
+        return own if own is not None else await self._inner.get(key)
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
         await self._values.set(key, value, ttl_s)

@@ -154,6 +154,18 @@ async def test_concurrent_retries_allocate_once(rules):
     assert await store.get("rr:Pool") == b"1"
 
 
+async def test_dry_run_reads_through_and_writes_nothing():
+    inner = MemoryStore()
+    await inner.set("k", b"inner", 60)
+    dry = DryRunStore(inner)
+    assert await dry.get("k") == b"inner"
+    await dry.set("k", b"", 60)  # an empty value is a value: it hides the inner one
+    assert await dry.get("k") == b""
+    assert await inner.get("k") == b"inner"
+    assert await dry.add("k", b"x", 60) is False and await dry.add("new", b"x", 60) is True
+    assert await inner.get("new") is None
+
+
 def test_fallback_touches_no_store(rules):
     q = RoutingQuery(protocol="eml", service="One", needs_destination=True)
     d = fallback(q, rules, "deadline")

@@ -96,8 +96,10 @@ class CrmLookup:
                 if entry.fresh_until >= time.time():
                     result = "hit"
                 elif self.cfg.stale_s:
-                    # Past its TTL but within the stale window: answer now, refresh behind.
-                    self._flight(number)
+                    # Past its TTL but within the stale window: answer now, refresh behind
+                    # (unless the CRM keeps failing: then the stale answer is all there is).
+                    if time.monotonic() >= self._open_until:
+                        self._flight(number)
                     result = "stale"
                 else:
                     entry, result = None, ""

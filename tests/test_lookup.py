@@ -9,7 +9,7 @@ import uuid
 import httpx
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 
 def config(crm, store: str = "", **lookup) -> str:
@@ -182,3 +182,21 @@ def test_hidden_caller_is_not_looked_up(start_gateway, crm):
     gw = start_gateway(config(crm), env=ENV)
     assert gw.client.post("/smartrouting", json={"bnum": "+3581"}).status_code == 204
     assert sum(crm.hits.values()) == 0
+
+
+async def test_no_stale_refresh_while_the_breaker_is_open(crm):
+    from core.lookup import CrmLookup, LookupConfig
+    from core.store import MemoryStore
+
+    crm.modes["+4671"] = "vip"
+    crm.modes["+4672"] = "500"
+    cfg = LookupConfig(url=crm.url, ttl_s=1, stale_s=60, failures_to_open=1, open_s=60)
+    async with httpx.AsyncClient() as http:
+        lookup = CrmLookup(cfg, MemoryStore(), http)
+        assert (await lookup.lookup("+4671", 2.0))[1] == "miss"
+        assert (await lookup.lookup("+4672", 2.0))[1] == "failed"  # opens the breaker
+        await asyncio.sleep(1.1)
+        found, how = await lookup.lookup("+4671", 2.0)
+        assert how == "stale" and "vip" in found.tags
+        await asyncio.sleep(0.3)
+    assert crm.hits["+4671"] == 1  # no refresh was sent to a CRM that keeps failing

@@ -158,6 +158,13 @@ async def _send(send: Callable, reply: Reply, request_id: str) -> None:
     await send({"type": "http.response.body", "body": reply.body})
 
 
+def _target(scope: dict) -> str:
+    """The request target as sent (path and query), for Express-style "Cannot POST ..." replies."""
+    raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    query = scope["query_string"].decode("latin-1")
+    return f"{raw}?{query}" if query else raw
+
+
 def _request_id(headers: dict[str, str]) -> str:
     given = headers.get("x-request-id", "")
     if 0 < len(given) <= 64 and given.isascii() and given.isprintable():
@@ -165,7 +172,7 @@ def _request_id(headers: dict[str, str]) -> str:
     return secrets.token_hex(8)
 
 
-async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, headers: dict, target: str):
+async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, headers: dict):
     """Run one webhook through its adapter and the core. Returns the reply and what to log."""
     a = ep.adapter
     loop = asyncio.get_running_loop()
@@ -173,7 +180,7 @@ async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, hea
     note: dict[str, Any] = {}
     if scope["method"] != "POST":
         note["outcome"] = "method"
-        return a.error("method", scope["method"], target), note
+        return a.error("method", scope["method"], _target(scope)), note
     peer = scope.get("client")
     addr = client_address(peer[0] if peer else None, headers.get("x-forwarded-for"), rt.trusted)
     if not allowed(addr, ep.networks):
@@ -268,20 +275,18 @@ def create_app(
         rt = state.runtime
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = _request_id(headers)
-        raw = scope.get("raw_path") or scope["path"].encode()
-        target = raw.decode("latin-1") + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         path = scope["path"]
         ep = rt.routes.get(_route_key(path)) if rt else None
         if ep is None:
             if rt is not None and path.lower().startswith(rt.eml_prefix):
-                reply = eml.error("not_found", scope["method"], target)
+                reply = eml.error("not_found", scope["method"], _target(scope))
             else:
                 reply = Reply(404, b'{"error":"not found"}', "application/json")
             return await _send(send, reply, request_id)
         began = time.perf_counter()
         protocol = ep.adapter.NAME
         try:
-            reply, note = await _answer(ep, rt, scope, receive, headers, target)
+            reply, note = await _answer(ep, rt, scope, receive, headers)
         except ClientGone:
             return
         except Exception:  # noqa: BLE001 - any failure is the protocol's 500, never a trace

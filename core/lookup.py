@@ -64,7 +64,14 @@ def _ignore(result: str, seconds: float | None) -> None:
 class CrmLookup:
     """:class:`core.decide.CallerLookup` against an HTTP CRM."""
 
-    def __init__(self, cfg: LookupConfig, store: Store, client: httpx.AsyncClient, observe: Observer = _ignore):
+    def __init__(
+        self,
+        cfg: LookupConfig,
+        store: Store,
+        client: httpx.AsyncClient,
+        observe: Observer = _ignore,
+        previous: CrmLookup | None = None,
+    ):
         self.cfg = cfg
         self._store = store
         self._client = client
@@ -73,6 +80,10 @@ class CrmLookup:
         self._failures = 0
         self._open_until = 0.0
         self._timeout = cfg.timeout_ms / 1000
+        if previous is not None and previous.cfg.url == cfg.url:
+            # The same CRM: its recent failures still count.
+            self._failures = previous._failures
+            self._open_until = previous._open_until
 
     def close(self) -> None:
         """Abandon requests under way (at shutdown or when a reload replaces this lookup)."""

@@ -44,6 +44,7 @@ class RedisStore:
         cluster: bool = False,
         sentinels: list[str] | tuple[str, ...] = (),
         master: str = "",
+        max_connections: int = 64,
     ) -> RedisStore:
         """A store for a URL (``redis://``, ``rediss://``, ``unix://``), a Cluster node, or Sentinels.
         Nothing is connected until the first call."""

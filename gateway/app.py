@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from adapters import Rejected, Reply, eml, smartrouting
 from core.decide import Context, decide, fallback, utc_now
+from core.errors import StoreError
 from core.failover import FailoverStore
 from core.lookup import CrmLookup, Observer
 from core.numbers import mask
@@ -62,13 +63,17 @@ class Runtime:
         clock: Callable[[], dt.datetime],
         http: httpx.AsyncClient,
         observe: Observer,
+        previous: Runtime | None = None,
     ) -> None:
         cfg = loaded.config
         self.loaded = loaded
         self.loaded_at = dt.datetime.now(dt.UTC)
         self.lookup = None
         if cfg.lookup is not None:
-            self.lookup = CrmLookup(cfg.lookup, store, http, observe)
+            # The previous lookup hands over its circuit breaker when the CRM is the same one, so a
+            # reload never sends traffic straight back to a CRM that is failing.
+            before = previous.lookup if previous is not None else None
+            self.lookup = CrmLookup(cfg.lookup, store, http, observe, previous=before)
         self.ctx = Context(rules=loaded.rules, store=store, lookup=self.lookup, clock=clock, flights={})
         sr, em = cfg.smartrouting, cfg.eml
         self.routes = {
@@ -87,6 +92,7 @@ class Runtime:
         }
         self.eml_prefix = em.base.lower()
         self.trusted = networks(cfg.server.trusted_proxies)
+        self.ops_networks = networks(cfg.server.ops_allow_networks)
         self.deadline_s = cfg.server.deadline_ms / 1000
         self.max_body = cfg.server.max_body_bytes
 
@@ -103,6 +109,7 @@ def make_store(cfg: config_mod.StoreConfig) -> Store:
         cluster=cfg.cluster,
         sentinels=cfg.sentinels,
         master=cfg.sentinel_master,
+        max_connections=cfg.max_connections,
     )
     return FailoverStore(redis, memory, cfg.retry_after_s, on_change=lambda up: metrics.STORE_UP.set(int(up)))
 
@@ -208,6 +215,10 @@ async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, hea
             decision = await decide(query, rt.ctx, remember_s=ep.remember_s, deadline=deadline)
     except TimeoutError:
         decision = fallback(query, rt.ctx.rules, "deadline")
+    except StoreError:
+        # The store could not answer this call (its pool stayed full for the whole wait): the call is
+        # answered as at the deadline, and Redis is not taken for down.
+        decision = fallback(query, rt.ctx.rules, "store")
     reply = a.render(decision, query)
     note.update(
         caller=mask(query.caller) or None,
@@ -249,7 +260,10 @@ def create_app(
 
         def swap(new: config_mod.Loaded) -> None:
             # One assignment: requests in flight keep the runtime they started with.
-            state.runtime = Runtime(new, the_store, clock, http, metrics.observe_lookup)
+            old = state.runtime
+            state.runtime = Runtime(new, the_store, clock, http, metrics.observe_lookup, previous=old)
+            if old.lookup is not None and old.lookup is not state.runtime.lookup:
+                old.lookup.close()  # its requests are abandoned; callers waiting on them go on without
 
         reloader = Reloader(lambda: state.runtime.loaded, swap)
         reloader.install()
@@ -312,10 +326,25 @@ def create_app(
             **{k: v for k, v in note.items() if v is not None},
         )
 
+    def ops_refused(request: Request) -> Response | None:
+        """403 for a source outside ``server.ops_allow_networks`` (checked like the webhooks' allow-lists)."""
+        rt = state.runtime
+        if rt is None:
+            return None
+        peer = request.scope.get("client")
+        addr = client_address(peer[0] if peer else None, request.headers.get("x-forwarded-for"), rt.trusted)
+        if allowed(addr, rt.ops_networks):
+            return None
+        return Response(b'{"error":"source address not allowed"}', status_code=403, media_type="application/json")
+
     async def healthz(request: Request) -> Response:
+        if refused := ops_refused(request):
+            return refused
         return Response(b'{"status":"alive"}', media_type="application/json")
 
     async def readyz(request: Request) -> Response:
+        if refused := ops_refused(request):
+            return refused
         rt = state.runtime
         if not state.ready or rt is None:
             body = {"status": "stopping" if state.stopping else "starting"}
@@ -333,6 +362,8 @@ def create_app(
         return Response(_encode(body), media_type="application/json")
 
     async def metrics_endpoint(request: Request) -> Response:
+        if refused := ops_refused(request):
+            return refused
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 

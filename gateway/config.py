@@ -25,6 +25,8 @@ from gateway.schema import check, key_path, prune
 
 Networks = list[str]
 RESERVED = ("/healthz", "/readyz", "/metrics")
+# Loopback and the private ranges: where monitoring usually runs.
+OPS_NETWORKS = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 
 
 class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -37,6 +39,14 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tls_key: str = ""
     trusted_proxies: Networks = []
     access_log: bool = False
+    # Section 8 of SPEC: what one client may cost the others.
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 16384
+    max_headers: Annotated[int, msgspec.Meta(ge=8, le=1000)] = 100
+    read_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=120_000)] = 5000
+    keepalive_timeout_s: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 5
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
+    shutdown_timeout_s: Annotated[int, msgspec.Meta(ge=1, le=300)] = 10
+    ops_allow_networks: Networks = msgspec.field(default_factory=lambda: list(OPS_NETWORKS))
 
 
 class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -47,7 +57,8 @@ class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sentinels: list[str] = []
     sentinel_master: str = ""
     retry_after_s: Annotated[float, msgspec.Meta(ge=0.1, le=300)] = 2.0
-    max_entries: Annotated[int, msgspec.Meta(ge=100, le=10_000_000)] = 100_000
+    max_entries: Annotated[int, msgspec.Meta(ge=100, le=10_000_000)] = 1_000_000
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
 
 
 class SmartRoutingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -132,6 +143,7 @@ def _semantics(
     _networks(cfg.server.trusted_proxies, "server.trusted_proxies", problems)
     _networks(cfg.smartrouting.allow_networks, "smartrouting.allow_networks", problems)
     _networks(cfg.eml.allow_networks, "eml.allow_networks", problems)
+    _networks(cfg.server.ops_allow_networks, "server.ops_allow_networks", problems)
     if bool(cfg.server.tls_cert) != bool(cfg.server.tls_key):
         problems.append("server: tls_cert and tls_key go together; give both or neither")
     for key in ("tls_cert", "tls_key"):
@@ -147,6 +159,11 @@ def _semantics(
             problems.append(f'store.sentinels[{i}]: {item!r} is not "host:port"')
     if cfg.store.sentinels and not cfg.store.sentinel_master:
         problems.append("store.sentinel_master: required with store.sentinels")
+    if cfg.store.timeout_ms >= cfg.server.deadline_ms:
+        # A Redis call the deadline always cuts short never fails on its own: the circuit would never open.
+        problems.append(
+            f"store.timeout_ms: {cfg.store.timeout_ms} must be below server.deadline_ms ({cfg.server.deadline_ms})"
+        )
     if cfg.store.cluster and cfg.store.sentinels:
         problems.append("store: cluster and sentinels exclude each other")
     if (cfg.store.cluster or cfg.store.sentinels) and not cfg.store.redis_url and not cfg.store.sentinels:
@@ -154,8 +171,13 @@ def _semantics(
     for name in ("smartrouting", "eml"):
         section = getattr(cfg, name)
         for i, key in enumerate(section.api_keys):
-            if not key:
+            if not key.strip():
                 problems.append(f"{name}.api_keys[{i}]: empty")
+    for user, password in cfg.smartrouting.basic_auth.items():
+        if not password:
+            problems.append(f"{key_path('smartrouting.basic_auth', user)}: empty password")
+        if not user or ":" in user:
+            problems.append(f"{key_path('smartrouting.basic_auth', user)}: a user name is not empty and has no ':'")
     if not cfg.smartrouting.path.startswith("/"):
         problems.append("smartrouting.path: must start with /")
     if cfg.eml.base and not cfg.eml.base.startswith("/"):

@@ -15,6 +15,10 @@ BROKEN = """
 port = 99999
 deadline_ms = "fast"
 colour = "blue"
+ops_allow_networks = ["10.0.0.0/8", "intranet"]
+
+[smartrouting]
+basic_auth = { enreach = "" }
 
 [store]
 timeout_ms = 0
@@ -57,6 +61,8 @@ EXPECTED = [
     "server.deadline_ms: expected an integer, got a string",
     "server.colour: unknown key",
     "store.timeout_ms: 0 is below 1",
+    "server.ops_allow_networks[1]: 'intranet' is not an address or CIDR network",
+    "smartrouting.basic_auth.enreach: empty password",
     "store.redis_url: must start with redis://, rediss:// or unix://",
     "store.sentinels[0]: 'nohost' is not \"host:port\"",
     "store.sentinel_master: required with store.sentinels",
@@ -193,3 +199,32 @@ def test_version_changes_with_the_file(tmp_path):
     v1 = load(path).version
     path.write_text("[server]\nport = 2\n")
     assert load(path).version != v1
+
+
+def test_store_timeout_must_be_below_the_deadline(tmp_path):
+    # A Redis call the deadline always cuts short would never fail on its own, and Redis would never be
+    # taken for down however long it hangs.
+    path = tmp_path / "c.toml"
+    path.write_text("[server]\ndeadline_ms = 300\n[store]\ntimeout_ms = 300\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.problems == ["store.timeout_ms: 300 must be below server.deadline_ms (300)"]
+    path.write_text("[server]\ndeadline_ms = 300\n[store]\ntimeout_ms = 299\n")
+    assert load(path).config.store.timeout_ms == 299
+
+
+def test_empty_credentials_are_refused(tmp_path, monkeypatch):
+    # A variable that is set but empty must not open the endpoint to `curl -u enreach:`.
+    monkeypatch.setenv("EMPTY_SECRET", "")
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[smartrouting]\napi_keys = ["  "]\nbasic_auth = { enreach = "${EMPTY_SECRET}" }\n'
+        '[eml]\napi_keys = ["${EMPTY_SECRET}"]\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.problems == [
+        "smartrouting.api_keys[0]: empty",
+        "eml.api_keys[0]: empty",
+        "smartrouting.basic_auth.enreach: empty password",
+    ]

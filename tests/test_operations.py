@@ -60,8 +60,8 @@ def value(found, name, **labels):
     return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def vip(gw):
-    return gw.client.post("/smartrouting", json={"anum": "+358501231234"}, headers=SR)
+def vip(gw, headers: dict | None = None):
+    return gw.client.post("/smartrouting", json={"anum": "+358501231234"}, headers={**SR, **(headers or {})})
 
 
 def wait_for(predicate, timeout=8.0):
@@ -206,6 +206,19 @@ def test_allow_networks_behind_a_trusted_proxy(start_gateway):
     spoofed = proxied.client.post("/smartrouting", json={}, headers={**SR, "X-Forwarded-For": "80.88.186.10, 8.8.8.8"})
     assert spoofed.status_code == 403
     assert proxied.client.post("/smartrouting", json={}, headers=SR).status_code == 403
+
+
+def test_operational_endpoints_answer_only_ops_networks(start_gateway):
+    # Behind a trusted proxy, the client's own address decides, as for the webhooks.
+    ops = '[server]\ntrusted_proxies = ["127.0.0.1/32"]\nops_allow_networks = ["127.0.0.0/8", "10.0.0.0/8"]\n'
+    gw = start_gateway(ops + rule_config("P"), env=SECRETS)
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert gw.client.get(path, headers={"X-Forwarded-For": "10.2.3.4"}).status_code == 200
+        outside = gw.client.get(path, headers={"X-Forwarded-For": "203.0.113.9"})
+        assert outside.status_code == 403, path
+        assert outside.json() == {"error": "source address not allowed"}
+    # The webhooks keep their own allow-lists (none here).
+    assert vip(gw, headers={"X-Forwarded-For": "203.0.113.9"}).json() == {"InitialTarget": "P"}
 
 
 def test_graceful_shutdown_finishes_in_flight_webhooks(start_gateway, crm):

@@ -33,8 +33,11 @@ LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 RULES = Counter("routing_rule_matches_total", "Decisions made by each rule.", ["rule"])
+LOOKUP_RESULTS = ("hit", "stale", "miss", "not_found", "rejected", "failed", "timeout", "open", "skipped")
 LOOKUPS = Counter(
-    "routing_lookups_total", "Caller lookups by result (hit, stale, miss, not_found, failed, timeout, open).",
+    "routing_lookups_total",
+    "Caller lookups by result (hit, stale, miss, not_found, rejected: another 4xx, failed, timeout, "
+    "open: the CRM's breaker is open, skipped: not a phone number).",
     ["result"],
 )
 LOOKUP_LATENCY = Histogram(
@@ -43,10 +46,18 @@ LOOKUP_LATENCY = Histogram(
 FALLBACKS = Counter(
     "routing_fallbacks_total",
     "Answers given without the full decision, by reason (deadline: out of time; store: Redis down, "
-    "served in process).",
+    "served in process, or its connection pool full for the whole wait).",
     ["reason"],
 )
 RELOADS = Counter("routing_config_reloads_total", "Config reloads by result (ok, invalid).", ["result"])
+STORE_EVICTIONS = Counter(
+    "routing_store_evictions_total",
+    "Entries the in-process store dropped for room while still inside their TTL (a call record inside its "
+    "retry window, a cached lookup): raise store.max_entries when this moves.",
+)
+LOG_DROPPED = Counter(
+    "routing_log_lines_dropped_total", "Log lines dropped because the log output did not keep up."
+)
 STORE_UP = Gauge(
     "routing_store_up", "1 while the store answers (Redis, or the in-process store); 0 while Redis is down.",
     multiprocess_mode="livemin",
@@ -59,6 +70,19 @@ CONFIG_LOADED = Gauge(
     "routing_config_loaded_timestamp_seconds", "When the running config was loaded (Unix time).",
     multiprocess_mode="livemax",
 )
+
+
+def _zero() -> None:
+    # Every known label value has a series from the start, so an alert sees 0 rather than no data.
+    for result in LOOKUP_RESULTS:
+        LOOKUPS.labels(result)
+    for reason in ("deadline", "store"):
+        FALLBACKS.labels(reason)
+    for result in ("ok", "invalid"):
+        RELOADS.labels(result)
+
+
+_zero()
 
 
 def observe_lookup(result: str, seconds: float | None) -> None:

@@ -105,6 +105,18 @@ def test_metrics_count_known_traffic(start_gateway):
     assert value(m, "routing_config_info", version=version) == 1
 
 
+def test_known_series_start_at_zero(start_gateway):
+    # An alert on a rate must see 0 before the first event, not "no data": each series must be there.
+    m = samples(start_gateway(rule_config("Z"), env=SECRETS))
+    expected = [("routing_lookups_total", {"result": r})
+                for r in ("hit", "miss", "rejected", "failed", "timeout", "open", "skipped")]
+    expected += [("routing_fallbacks_total", {"reason": "deadline"}), ("routing_fallbacks_total", {"reason": "store"}),
+                 ("routing_config_reloads_total", {"result": "invalid"}), ("routing_store_evictions_total", {}),
+                 ("routing_log_lines_dropped_total", {})]
+    for name, labels in expected:
+        assert m[(name, tuple(sorted(labels.items())))] == 0, (name, labels)
+
+
 def test_metrics_are_summed_across_workers(start_gateway, redis_server):
     store = f'[store]\nredis_url = "{redis_server.url}"\nkey_prefix = "w{uuid.uuid4().hex[:6]}:"\n'
     gw = start_gateway(store + rule_config("VIP"), "--workers", "2", env=SECRETS)

@@ -249,6 +249,15 @@ def _semantics(
     )
 
 
+def _msgspec_path(exc: msgspec.ValidationError) -> str:
+    """``Expected `float` >= 0.1 - at `$.store.retry_after_s``` as ``store.retry_after_s: expected ...``."""
+    text = str(exc)
+    message, _, where = text.rpartition(" - at `$")
+    if not where:
+        return f"(top): {text}"
+    return f"{where.rstrip('`').lstrip('.')}: {message[0].lower()}{message[1:]}"
+
+
 def load(path: str | os.PathLike) -> Loaded:
     """Read, check and compile the config at ``path``; raise :class:`ConfigError` listing every problem."""
     path = Path(path)
@@ -265,7 +274,12 @@ def load(path: str | os.PathLike) -> Loaded:
     check(raw, _SCHEMA, "", problems)
     # With problems, the parts that do convert still get the cross-table checks, so that
     # one run lists every problem.
-    cfg = msgspec.convert(raw if not problems else prune(raw, _SCHEMA), Config)
+    try:
+        cfg = msgspec.convert(raw if not problems else prune(raw, _SCHEMA), Config)
+    except msgspec.ValidationError as exc:
+        # The check above reads every constraint from the same schema, so this is only a backstop: a
+        # constraint it does not know yet is still a listed problem, never a traceback.
+        raise ConfigError([*problems, f"{_msgspec_path(exc)}"]) from None
     warnings: list[str] = []
     written = {k: set(raw[k]) if isinstance(raw.get(k), dict) else set() for k in ("services", "schedules")}
     rules, files_digest = _semantics(cfg, written, path.parent, problems, warnings)

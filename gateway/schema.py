@@ -85,6 +85,8 @@ def check(value: Any, t: mi.Type, path: str, problems: list[str]) -> None:
             return
         if t.min_length is not None and len(value) < t.min_length:
             problems.append(f"{path}: needs at least {t.min_length} item{'s' * (t.min_length > 1)}")
+        if t.max_length is not None and len(value) > t.max_length:
+            problems.append(f"{path}: at most {t.max_length} items")
         for i, v in enumerate(value):
             check(v, t.item_type, f"{path}[{i}]", problems)
     elif isinstance(t, mi.UnionType):
@@ -100,26 +102,38 @@ def check(value: Any, t: mi.Type, path: str, problems: list[str]) -> None:
             check(value, same[0], path, problems)
         else:
             problems.append(f"{path}: expected {describe(t)}, got {_kind(value)}")
-    elif isinstance(t, mi.IntType):
-        if not isinstance(value, int) or isinstance(value, bool):
-            problems.append(f"{path}: expected an integer, got {_kind(value)}")
-        elif t.ge is not None and value < t.ge:
-            problems.append(f"{path}: {value} is below {t.ge}")
-        elif t.le is not None and value > t.le:
-            problems.append(f"{path}: {value} is above {t.le}")
-    elif isinstance(t, mi.FloatType):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            problems.append(f"{path}: expected a number, got {_kind(value)}")
+    elif isinstance(t, (mi.IntType, mi.FloatType)):
+        number = isinstance(t, mi.FloatType)
+        if isinstance(value, bool) or not isinstance(value, (int, float) if number else int):
+            problems.append(f"{path}: expected {describe(t)}, got {_kind(value)}")
+        else:
+            _bounds(value, t, path, problems)
     elif isinstance(t, mi.StrType):
         if not isinstance(value, str):
             problems.append(f"{path}: expected a string, got {_kind(value)}")
         elif t.min_length is not None and len(value) < t.min_length:
             problems.append(f"{path}: must not be empty")
+        elif t.max_length is not None and len(value) > t.max_length:
+            problems.append(f"{path}: longer than {t.max_length} characters")
     elif isinstance(t, mi.BoolType):
         if not isinstance(value, bool):
             problems.append(f"{path}: expected true or false, got {_kind(value)}")
     elif isinstance(t, mi.LiteralType) and (value not in t.values or isinstance(value, bool)):
         problems.append(f"{path}: {value!r} is not {describe(t)}")
+
+
+def _bounds(value: float, t: mi.IntType | mi.FloatType, path: str, problems: list[str]) -> None:
+    """The ``Meta(ge=, le=, gt=, lt=)`` bounds of a number, read from the one schema msgspec enforces."""
+    if t.ge is not None and value < t.ge:
+        problems.append(f"{path}: {value} is below {t.ge}")
+    elif t.gt is not None and value <= t.gt:
+        problems.append(f"{path}: {value} must be above {t.gt}")
+    elif t.le is not None and value > t.le:
+        problems.append(f"{path}: {value} is above {t.le}")
+    elif t.lt is not None and value >= t.lt:
+        problems.append(f"{path}: {value} must be below {t.lt}")
+    elif t.multiple_of is not None and value % t.multiple_of:
+        problems.append(f"{path}: {value} is not a multiple of {t.multiple_of}")
 
 
 def _kind_of_type(t: mi.Type) -> str:

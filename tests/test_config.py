@@ -22,6 +22,7 @@ basic_auth = { enreach = "" }
 
 [store]
 timeout_ms = 0
+retry_after_s = 0.05
 redis_url = "http://localhost"
 sentinels = ["nohost"]
 
@@ -61,6 +62,7 @@ EXPECTED = [
     "server.deadline_ms: expected an integer, got a string",
     "server.colour: unknown key",
     "store.timeout_ms: 0 is below 1",
+    "store.retry_after_s: 0.05 is below 0.1",
     "server.ops_allow_networks[1]: 'intranet' is not an address or CIDR network",
     "smartrouting.basic_auth.enreach: empty password",
     "store.redis_url: must start with redis://, rediss:// or unix://",

@@ -151,6 +151,18 @@ def test_reload_on_sighup_and_refusal_of_an_invalid_file(start_gateway):
     assert gw.proc.poll() is None
 
 
+def test_reload_refuses_a_number_out_of_range(start_gateway):
+    # A float bound is checked like any other: the reload is refused, listed and counted, never a traceback.
+    gw = start_gateway(rule_config("KEEP"), env=SECRETS)
+    gw.config.write_text("[lookup]\nurl = 'http://127.0.0.1:9/{caller}'\nopen_s = 0\n" + rule_config("LOST"))
+    gw.signal(signal.SIGHUP)
+    assert wait_for(lambda: "reload refused" in gw.logs())
+    assert "lookup.open_s: 0 is below 0.1" in gw.logs()
+    assert "Traceback" not in gw.logs() and "watch failed" not in gw.logs()
+    assert value(samples(gw), "routing_config_reloads_total", result="invalid") >= 1
+    assert vip(gw).json() == {"InitialTarget": "KEEP"}
+
+
 def test_reload_when_the_file_or_a_directory_csv_changes(start_gateway, tmp_path):
     (tmp_path / "people.csv").write_text("number,tags\n+3584001,vip\n")
     extra = '[directory]\nfiles = ["people.csv"]\n'

@@ -84,6 +84,11 @@ class Template(msgspec.Struct, frozen=True):
         return "".join(out)
 
 
+def template_names(text: str) -> list[str]:
+    """The caller attributes ``text`` names as ``{caller.NAME}``."""
+    return [m[2] for m in _PLACEHOLDER.finditer(text) if m[1] == "caller"]
+
+
 def template(text: str, path: str, problems: list[str]) -> Template:
     parts: list[str] = []
     last = 0
@@ -182,7 +187,8 @@ def compile_rule(rule: Rule, path: str, problems: list[str]) -> CompiledRule:
     )
     if len(destinations) > 1:
         problems.append(f"{tp}: {' and '.join(destinations)} exclude each other; give one")
-    sets = {f for f in t.__struct_fields__ if f != "default" and getattr(t, f) not in (None, False)}
+    # Identity, not equality: 0 is a priority that sets something, and 0 == False.
+    sets = {f for f in t.__struct_fields__ if f != "default" and getattr(t, f) is not None and getattr(t, f) is not False}
     if t.default and sets:
         problems.append(f"{tp}: default = true means no opinion; it cannot go with {', '.join(sorted(sets))}")
     if not t.default and not sets:

@@ -18,7 +18,7 @@ from core.decide import RuleBase
 from core.directory import AttrValue, CallerInfo, from_table, parse_csv
 from core.errors import ConfigError
 from core.lookup import LookupConfig
-from core.rules import Rule, compile_rule
+from core.rules import Rule, compile_rule, template_names
 from core.schedules import Schedule, compile_schedule
 from core.services import Service
 from gateway.schema import check, key_path, prune
@@ -224,6 +224,7 @@ def _semantics(
         directory.update(parse_csv(data, label, problems))
     directory.update(from_table(cfg.callers, "callers", problems))
 
+    _attribute_sources(cfg, directory, problems)
     rules = []
     seen: set[str] = set()
     for i, rule in enumerate(cfg.rules):
@@ -249,6 +250,43 @@ def _semantics(
     )
 
 
+def _attribute_sources(cfg: Config, directory: dict[str, CallerInfo], problems: list[str]) -> None:
+    """``{caller.NAME}`` must name an attribute that some source can give: a ``[callers]`` entry, a column
+    of a directory file, or ``lookup.attributes``; any other name is always unknown, so never rendered."""
+    known = set(cfg.lookup.attributes if cfg.lookup is not None else ())
+    for info in directory.values():
+        known.update(info.attributes)
+    for i, rule in enumerate(cfg.rules):
+        t = rule.then
+        strings = [(k, getattr(t, k)) for k in ("target", "fail_target", "required_agent", "tts", "msi")]
+        strings += [(f"preferred_agents[{j}]", a) for j, a in enumerate(t.preferred_agents or ())]
+        for key, text in strings:
+            for name in template_names(text or ""):
+                if name not in known:
+                    problems.append(
+                        f"rules[{i}].then.{key}: no caller source has the attribute {name!r} "
+                        "(not [callers], not a directory file's columns, not lookup.attributes)"
+                    )
+
+
+_RULE_PATH = re.compile(r"^rules\[(\d+)\]")
+
+
+def _name_rules(problems: list[str], raw: dict) -> list[str]:
+    """``rules[7].then.service`` as ``rules[7] (key-account-customers).then.service``: rules count from 0."""
+    written = raw.get("rules")
+    if not isinstance(written, list):
+        return problems
+
+    def named(m: re.Match) -> str:
+        i = int(m[1])
+        rule = written[i] if i < len(written) else None
+        name = rule.get("name") if isinstance(rule, dict) else None
+        return f"{m[0]} ({name})" if isinstance(name, str) and name else m[0]
+
+    return [_RULE_PATH.sub(named, p, count=1) for p in problems]
+
+
 def _msgspec_path(exc: msgspec.ValidationError) -> str:
     """``Expected `float` >= 0.1 - at `$.store.retry_after_s``` as ``store.retry_after_s: expected ...``."""
     text = str(exc)
@@ -271,6 +309,10 @@ def load(path: str | os.PathLike) -> Loaded:
         raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
     problems: list[str] = []
     raw = _substitute(raw, "", problems)
+    eml = raw.get("eml")
+    if isinstance(eml, dict) and isinstance(eml.get("base"), str):
+        # "/qm/" means "/qm": the route is {base}/call/request, never "/qm//call/request".
+        eml["base"] = eml["base"].rstrip("/")
     check(raw, _SCHEMA, "", problems)
     # With problems, the parts that do convert still get the cross-table checks, so that
     # one run lists every problem.
@@ -279,11 +321,11 @@ def load(path: str | os.PathLike) -> Loaded:
     except msgspec.ValidationError as exc:
         # The check above reads every constraint from the same schema, so this is only a backstop: a
         # constraint it does not know yet is still a listed problem, never a traceback.
-        raise ConfigError([*problems, f"{_msgspec_path(exc)}"]) from None
+        raise ConfigError(_name_rules([*problems, _msgspec_path(exc)], raw)) from None
     warnings: list[str] = []
     written = {k: set(raw[k]) if isinstance(raw.get(k), dict) else set() for k in ("services", "schedules")}
     rules, files_digest = _semantics(cfg, written, path.parent, problems, warnings)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(_name_rules(problems, raw))
     version = hashlib.sha256(data + files_digest).hexdigest()[:12]
     return Loaded(path=path, config=cfg, rules=rules, version=version, warnings=warnings)

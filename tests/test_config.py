@@ -71,20 +71,20 @@ EXPECTED = [
     "services.Sales.numbers: needs at least 1 item",
     "services.Sales.strategy: 'sometimes' is not one of 'first', 'random', 'round_robin'",
     'callers."+358501231234".tags: expected a list of strings, got str',
-    "rules[0].then.priority: 20000 is above 10000",
-    "rules[1].when.bogus: unknown key",
-    "rules[3].then.extra_priority: -20000 is below -10000",
+    "rules[0] (a).then.priority: 20000 is above 10000",
+    "rules[1] (a).when.bogus: unknown key",
+    "rules[3] (quiet).then.extra_priority: -20000 is below -10000",
     "schedules.office.timezone: 'Mars/Olympus' is not an IANA time zone",
     "schedules.office.mon[0]: '9-17' is not \"HH:MM-HH:MM\"",
     "schedules.office.mon[1]: '18:00-17:00' ends before it starts",
     "schedules.office.closed_dates[0]: '2026-13-01' is not a date",
-    "rules[0].when.open: no schedule 'nowhere' in [schedules]",
-    "rules[0].when.protocol: 'sip' is not one of smartrouting, eml",
-    "rules[0].then.service: no service 'Nope' in [services]",
-    "rules[1].name: 'a' is the name of an earlier rule",
-    "rules[1].then: target and disconnect exclude each other",
-    "rules[1].then.tts: {callr.agent} names no caller attribute",
-    "rules[2].then: sets nothing",
+    "rules[0] (a).when.open: no schedule 'nowhere' in [schedules]",
+    "rules[0] (a).when.protocol: 'sip' is not one of smartrouting, eml",
+    "rules[0] (a).then.service: no service 'Nope' in [services]",
+    "rules[1] (a).name: 'a' is the name of an earlier rule",
+    "rules[1] (a).then: target and disconnect exclude each other",
+    "rules[1] (a).then.tts: {callr.agent} names no caller attribute",
+    "rules[2] (empty).then: sets nothing",
 ]
 
 
@@ -230,3 +230,33 @@ def test_empty_credentials_are_refused(tmp_path, monkeypatch):
         "eml.api_keys[0]: empty",
         "smartrouting.basic_auth.enreach: empty password",
     ]
+
+
+def test_mistakes_that_can_never_work(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("""
+[eml]
+base = "/qm/"
+[callers."+358 40 765 4321"]
+agent = "a@x"
+[[rules]]
+name = "key-accounts"
+when = { tag = "vip" }
+then = { target = "Q", required_agent = "{caller.agnet}", preferred_agents = ["{caller.agent}"] }
+""")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.problems == [
+        ("rules[0] (key-accounts).then.required_agent: no caller source has the attribute 'agnet' "
+         "(not [callers], not a directory file's columns, not lookup.attributes)")
+    ]
+    # The name is fine once the lookup gives it; a base with a trailing slash routes as without one.
+    path.write_text(path.read_text().replace("[eml]", "[lookup]\nurl = 'http://crm/{caller}'\n"
+                                             "attributes = ['agnet']\n[eml]"))
+    assert load(path).config.eml.base == "/qm"
+
+
+def test_priority_zero_sets_something(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[[rules]]\nname = "calm"\nthen = { priority = 0 }\n')
+    assert load(path).rules.rules[0].then.priority == 0

@@ -82,6 +82,8 @@ numbers = ["only"]
 [callers."+3581"]
 tags = ["vip"]
 agent = "ag1"
+[callers."+3582"]
+nope = "only this caller has it"
 [schedules.office]
 timezone = "Europe/Helsinki"
 mon = ["08:00-17:00"]

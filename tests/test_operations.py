@@ -140,7 +140,7 @@ def test_reload_on_sighup_and_refusal_of_an_invalid_file(start_gateway):
     gw.config.write_text(rule_config("BROKEN").replace('target = "BROKEN"', "priority = 20000"))
     gw.signal(signal.SIGHUP)
     assert wait_for(lambda: "reload refused" in gw.logs())
-    assert "rules[0].then.priority: 20000 is above 10000" in gw.logs()
+    assert "rules[0] (vip).then.priority: 20000 is above 10000" in gw.logs()
     assert vip(gw).json() == {"InitialTarget": "NEW"}
     assert gw.client.get("/readyz").json()["config"]["version"] == v2["version"]
     m = samples(gw)

@@ -1,12 +1,15 @@
-"""``routing-gateway``: serve, check a config, or dry-run a request."""
+"""The ``routing-gateway`` command: serve, check a config, or dry-run a request."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import datetime as dt
+import importlib.metadata
+import logging
 import os
 import sys
+import zoneinfo
 
 import httpx
 import msgspec
@@ -18,6 +21,7 @@ from core.lookup import CrmLookup
 from core.store import DryRunStore
 from gateway import config as config_mod
 from gateway.app import CONFIG_ENV, make_store
+from gateway.logs import event
 from gateway.logs import setup as setup_logs
 
 ADAPTERS = {"smartrouting": smartrouting, "eml": eml}
@@ -27,17 +31,19 @@ def _default_config() -> str:
     return os.environ.get(CONFIG_ENV, "config.toml")
 
 
+def _problems(path: str, exc: ConfigError) -> None:
+    print(f"{path}: {len(exc.problems)} problem{'s' * (len(exc.problems) != 1)}", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
 def _load(path: str) -> config_mod.Loaded | None:
+    """The config, or None after listing its problems on stderr. Warnings are for ``check`` to show."""
     try:
-        loaded = config_mod.load(path)
+        return config_mod.load(path)
     except ConfigError as exc:
-        print(f"{path}: {len(exc.problems)} problem{'s' * (len(exc.problems) != 1)}", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        _problems(path, exc)
         return None
-    for warning in loaded.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    return loaded
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -49,21 +55,28 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{args.path}: ok (version {loaded.version}; {len(r.rules)} rules, {len(r.services)} services, "
         f"{len(r.callers)} known callers, {len(r.hours)} schedules)"
     )
+    for warning in loaded.warnings:
+        print(f"warning: {warning}")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    loaded = _load(args.config)
-    if loaded is None:
-        print("not started: fix the config and start again", file=sys.stderr)
+    # Every line a server writes to stderr is JSON, problems with the config included.
+    setup_logs()
+    try:
+        loaded = config_mod.load(args.config)
+    except ConfigError as exc:
+        event("not started", logging.ERROR, config=args.config, problems=exc.problems,
+              note="fix the config and start again")
         return 1
+    for warning in loaded.warnings:
+        event("config warning", logging.WARNING, warning=warning)
     from gateway.server import serve
 
     store = loaded.config.store
     if (args.workers or loaded.config.server.workers) > 1 and not (store.redis_url or store.sentinels):
-        print("warning: several workers without Redis: each keeps its own round-robin positions and "
-              "call records", file=sys.stderr)
-    setup_logs()
+        event("config warning", logging.WARNING, warning="several workers without Redis: each keeps its own "
+              "round-robin positions and call records")
     serve(loaded, host=args.host, port=args.port, workers=args.workers)
     return 0
 
@@ -114,8 +127,16 @@ async def _route(loaded: config_mod.Loaded, protocol: str, body: bytes, at: dt.d
         print(f"lookup: {lookup_result} ({how})")
     if show_all:
         print("rules:")
+        reached = True
         for name, failed in explain(query, caller, loaded.rules, at):
-            verdict = "matches" if failed is None else f"no: when.{failed} does not hold"
+            # The first rule that holds decides; the ones after it are never looked at.
+            if not reached:
+                verdict = "not reached (an earlier rule decided)"
+            elif failed is None:
+                verdict = "matches: decides"
+                reached = False
+            else:
+                verdict = f"no: when.{failed} does not hold"
             print(f"  {'*' if rule is not None and name == rule.name else '-'} {name}: {verdict}")
     print(f"rule: {rule.name if rule else '(none matched)'}")
     if decision.service:
@@ -152,30 +173,66 @@ def cmd_route(args: argparse.Namespace) -> int:
             print(f"--at: {args.at!r} is not an ISO date and time", file=sys.stderr)
             return 2
         if at.tzinfo is None:
-            at = at.replace(tzinfo=dt.UTC)
+            zone = _local_zone(loaded)
+            at = at.replace(tzinfo=zoneinfo.ZoneInfo(zone) if zone != "UTC" else dt.UTC)
+            print(f"--at has no offset: read in {zone}" + (
+                ", the schedules' zone" if zone != "UTC" else " (the schedules use several zones, or none)"))
     return asyncio.run(_route(loaded, protocol, body, at, args.explain))
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="routing-gateway", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+def _local_zone(loaded: config_mod.Loaded) -> str:
+    """The one zone every schedule uses, else UTC: a time without an offset is read as the operator means it."""
+    zones = {s.timezone for s in loaded.config.schedules.values()}
+    return zones.pop() if len(zones) == 1 else "UTC"
 
-    s = sub.add_parser("serve", help="serve both webhooks")
-    s.add_argument("--config", default=_default_config(), help="config file (default: %(default)s)")
+
+EXAMPLES = """examples:
+  routing-gateway serve --config /etc/routing-gateway/config.toml
+  routing-gateway check config.toml
+  routing-gateway route --explain '{"anum": "+358501231234", "targetid": "SALES_QUEUE"}'
+  routing-gateway route --at 2026-11-23T18:30 '{"callID": "c1", "rclassification": "Sales", "callTime": "35"}'
+"""
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("routing-gateway")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="routing-gateway",
+        description="Call-routing webhook gateway: Enreach SmartRouting and EML call/request from one rule base.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = "config file (default: $ROUTING_GATEWAY_CONFIG, else config.toml; now %(default)s)"
+
+    s = sub.add_parser("serve", help="serve both webhooks", description="Serve both webhooks until SIGTERM; "
+                       "SIGHUP reloads the config.")
+    s.add_argument("--config", default=_default_config(), help=config_help)
     s.add_argument("--host", help="listen address (default: server.host)")
     s.add_argument("--port", type=int, help="listen port (default: server.port)")
     s.add_argument("--workers", type=int, help="worker processes (default: server.workers)")
     s.set_defaults(run=cmd_serve)
 
-    c = sub.add_parser("check", help="validate a config and list every problem")
-    c.add_argument("path", nargs="?", default=_default_config())
+    c = sub.add_parser("check", help="validate a config and list every problem",
+                       description="Validate a config: exit 0 when it is valid (warnings listed), 1 with every "
+                       "problem listed.")
+    c.add_argument("path", nargs="?", default=_default_config(), help=config_help.replace("config file", "the file"))
     c.set_defaults(run=cmd_check)
 
-    r = sub.add_parser("route", help="dry run: which rule a request matches, and the reply")
+    r = sub.add_parser("route", help="dry run: which rule a request matches, and the reply",
+                       description="Decide one request as the gateway would, without changing any shared state.")
     r.add_argument("body", nargs="?", help="the request body as JSON; '-' or nothing reads standard input")
-    r.add_argument("--config", default=_default_config())
+    r.add_argument("--config", default=_default_config(), help=config_help)
     r.add_argument("--protocol", choices=PROTOCOLS, help="default: eml when the body has callID or rclassification")
-    r.add_argument("--at", help="decide as at this ISO time (schedules), e.g. 2026-11-23T10:00:00+02:00")
+    r.add_argument("--at", help="decide as at this ISO time, e.g. 2026-11-23T10:00:00+02:00; without an offset, "
+                   "in the schedules' zone")
     r.add_argument("--explain", action="store_true", help="show every rule and why it did or did not match")
     r.set_defaults(run=cmd_route)
     return p

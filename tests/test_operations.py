@@ -319,6 +319,23 @@ then = { service = "Sales" }
     assert '"number":"100"' in route("2026-11-23T10:00:00+02:00")  # not advanced
     closed_out = route("2026-11-22T10:00:00+02:00")
     assert "- sales-open: no: when.open does not hold" in closed_out and "rule: (none matched)" in closed_out
+    # Without an offset the time is read in the schedules' zone: 16:30 in Helsinki is open, 16:30 UTC is not.
+    local = route("2026-11-23T16:30")
+    assert "read in Europe/Helsinki" in local and "time: 2026-11-23T16:30:00+02:00" in local
+    assert "* sales-open: matches" in local
+
+
+def test_route_explain_says_later_rules_are_not_reached(start_gateway):
+    gw = start_gateway(rule_config("FIRST") + """
+[[rules]]
+name = "also-vip"
+when = { tag = "vip" }
+then = { target = "SECOND" }
+""", env=SECRETS)
+    run = subprocess.run([BIN, "route", "--config", str(gw.config), "--explain", '{"anum": "+358501231234"}'],
+                         check=False, capture_output=True, text=True, env={**SECRETS, "PATH": "/usr/bin:/bin"})
+    assert "* vip: matches: decides" in run.stdout
+    assert "- also-vip: not reached (an earlier rule decided)" in run.stdout
     r = gw.client.post("/call/request", json={"callID": "x1", "rclassification": "Sales", "callTime": "1"},
                        headers=EML)
     assert r.json()["number"] == "100"

@@ -63,7 +63,9 @@ STORE_UP = Gauge(
     multiprocess_mode="livemin",
 )
 CONFIG = Gauge(
-    "routing_config_info", "The loaded config's version (1) and versions no longer loaded (0).", ["version"],
+    "routing_config_info",
+    "The loaded config's version (1); with workers, versions no longer loaded stay at 0 until restart.",
+    ["version"],
     multiprocess_mode="livemax",
 )
 CONFIG_LOADED = Gauge(
@@ -95,7 +97,11 @@ def observe_lookup(result: str, seconds: float | None) -> None:
 
 def config_loaded(version: str, previous: str | None, at: float) -> None:
     if previous and previous != version:
-        CONFIG.labels(previous).set(0)
+        if os.environ.get(MULTIPROCESS_ENV):
+            # A worker's values live in its file, where a removed series would keep its last value: 0 there.
+            CONFIG.labels(previous).set(0)
+        else:
+            CONFIG.remove(previous)
     CONFIG.labels(version).set(1)
     CONFIG_LOADED.set(at)
 

@@ -1,14 +1,18 @@
 """External caller lookups (a CRM): within the deadline, cached in the store, one request at a time
 per caller, and never again for a while once the CRM keeps failing.
 
-A 200 with a JSON object is a found caller, 404 is "not found"; anything else (another status, a body
-that is not a JSON object, a refused connection, a timeout) is a failed lookup: not cached, counted,
-and the decision goes on without it.
+Only numbers that can be phone numbers are looked up (others are ``skipped``). A 200 with a JSON object
+is a found caller, 404 is "not found"; another 4xx is ``rejected``: the CRM refused this number, which
+says nothing of its health. Anything else (a 5xx or another status, a body that is not a JSON object,
+over 64 KiB or not UTF-8, a refused connection, a timeout) is a failure of the CRM itself and counts
+toward its circuit breaker. Neither a rejection nor a failure is cached; each is counted and the
+decision goes on without it. No error of the lookup ever reaches the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -18,8 +22,11 @@ import httpx
 import msgspec
 
 from core.directory import CallerInfo, as_text
-from core.errors import LookupFailed, LookupTimeout
+from core.errors import StoreError
+from core.numbers import is_phone_number
 from core.store import Store
+
+log = logging.getLogger("routing_gateway")
 
 
 class LookupConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -52,13 +59,74 @@ _decode = msgspec.msgpack.Decoder(Cached).decode
 # What is left of the deadline after a lookup gives up: enough to match rules and answer.
 RESERVE_S = 0.05
 
+MAX_BODY = 64 * 1024
+"""The largest CRM answer read; a longer one is a failure of the CRM and is not read further."""
+
+MAX_REQUESTS = 64
+"""CRM requests under way at once per lookup, below the HTTP client's pool (100), so that waiting for
+a connection happens here, where it is not blamed on the CRM."""
+
 Observer = Callable[[str, float | None], None]
-"""Called with each lookup's result (``hit``, ``stale``, ``miss``, ``not_found``, ``failed``,
-``timeout``, ``open``) and, for a request made, its duration in seconds."""
+"""Called with each lookup's result (``hit``, ``stale``, ``miss``, ``not_found``, ``rejected``,
+``failed``, ``timeout``, ``open``, ``skipped``, ``abandoned``) and, with ``request``, the duration in
+seconds of each request made to the CRM."""
+
+Answer = tuple[Cached | None, str]
 
 
 def _ignore(result: str, seconds: float | None) -> None:
     return None
+
+
+class Breaker:
+    """The CRM's circuit breaker. After ``failures_to_open`` failures of the CRM in a row, no request
+    is sent for ``open_s``; then requests go again, and the next failure opens it again at once while a
+    success closes it. A reload hands it to the next lookup while the URL stays the same."""
+
+    def __init__(self, failures_to_open: int, open_s: float) -> None:
+        self.failures_to_open = failures_to_open
+        self.open_s = open_s
+        self.failures = 0
+        self.open_until = 0.0
+        self.opened = False
+
+    def allows(self) -> bool:
+        return time.monotonic() >= self.open_until
+
+    def failed(self) -> None:
+        self.failures += 1
+        # A request sent before it opened and failing after does not hold it open longer.
+        if self.failures >= self.failures_to_open and self.allows():
+            self.open_until = time.monotonic() + self.open_s
+            self.opened = True
+            log.warning(
+                "lookup breaker open",
+                extra={"fields": {"dependency": "lookup", "failures": self.failures, "open_s": self.open_s}},
+            )
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        if self.opened:
+            self.opened = False
+            self.open_until = 0.0
+            log.warning("lookup breaker closed", extra={"fields": {"dependency": "lookup"}})
+
+
+class _Flight:
+    """One number's lookup under way in this process: the store read, then when needed the CRM request
+    and the cache write. It is joinable from before the store read until after the cache write, so a
+    caller either joins it or reads the store after that write: never neither. ``answer`` is set as
+    soon as an answer is known (a stale entry is answered before its refresh)."""
+
+    __slots__ = ("answer", "task")
+
+    def __init__(self, answer: asyncio.Future[Answer]) -> None:
+        self.answer = answer
+        self.task: asyncio.Task[None] | None = None
+
+    def say(self, entry: Cached | None, result: str) -> None:
+        if not self.answer.done():
+            self.answer.set_result((entry, result))
 
 
 class CrmLookup:
@@ -76,129 +144,199 @@ class CrmLookup:
         self._store = store
         self._client = client
         self._observe = observe
-        self._flights: dict[str, asyncio.Task] = {}
-        self._failures = 0
-        self._open_until = 0.0
+        self._flights: dict[str, _Flight] = {}
+        self._slots = asyncio.Semaphore(MAX_REQUESTS)
+        self._closed = False
         self._timeout = cfg.timeout_ms / 1000
+        # Compressed answers are not read: their size is not what arrives.
+        self._headers = {k: v for k, v in cfg.headers.items() if k.lower() != "accept-encoding"}
+        self._headers["Accept-Encoding"] = "identity"
         if previous is not None and previous.cfg.url == cfg.url:
-            # The same CRM: its recent failures still count.
-            self._failures = previous._failures
-            self._open_until = previous._open_until
+            # The same CRM: what it did still counts, so a reload never sends traffic straight back
+            # to a CRM that is failing. Both lookups share the breaker until the old one is closed.
+            self.breaker = previous.breaker
+            self.breaker.failures_to_open = cfg.failures_to_open
+            self.breaker.open_s = cfg.open_s
+        else:
+            self.breaker = Breaker(cfg.failures_to_open, cfg.open_s)
 
     def close(self) -> None:
-        """Abandon requests under way (at shutdown or when a reload replaces this lookup)."""
-        for task in list(self._flights.values()):
-            task.cancel()
+        """Abandon requests under way (at shutdown or when a reload replaces this lookup): whoever waits
+        on them goes on without them at once, and later lookups through this one are abandoned too."""
+        self._closed = True
+        for flight in list(self._flights.values()):
+            flight.say(None, "abandoned")
+            if flight.task is not None:
+                flight.task.cancel()
 
     async def find(self, number: str, budget_s: float) -> CallerInfo | None:
         return (await self.lookup(number, budget_s))[0]
 
     async def lookup(self, number: str, budget_s: float) -> tuple[CallerInfo | None, str]:
-        """What the CRM says of ``number`` and how it was known (``hit``, ``stale``, ``miss``,
-        ``not_found``, ``failed``, ``timeout``, ``open``)."""
-        key = f"lookup:{number}"
-        raw = await self._store.get(key)
-        if raw is not None:
-            try:
-                entry = _decode(raw)
-            except msgspec.DecodeError:
-                entry = None
-            if entry is not None:
-                if entry.fresh_until >= time.time():
-                    result = "hit"
-                elif self.cfg.stale_s:
-                    # Past its TTL but within the stale window: answer now, refresh behind
-                    # (unless the CRM keeps failing: then the stale answer is all there is).
-                    if time.monotonic() >= self._open_until:
-                        self._flight(number)
-                    result = "stale"
-                else:
-                    entry, result = None, ""
-                if entry is not None:
-                    self._observe(result, None)
-                    return _info(entry), result
-        if time.monotonic() < self._open_until:
-            self._observe("open", None)
-            return None, "open"
+        """What the CRM says of ``number`` (normalised) and how it was known: ``hit``, ``stale``,
+        ``miss``, ``not_found``, ``rejected``, ``failed``, ``timeout``, ``open``, ``skipped`` (not a
+        phone number) or ``abandoned`` (this lookup was replaced or closed). Never raises."""
+        if not is_phone_number(number):
+            return self._seen(None, "skipped")
+        if self._closed:
+            return self._seen(None, "abandoned")
         wait = min(self._timeout, budget_s - RESERVE_S)
-        if wait <= 0:
-            self._observe("timeout", None)
-            return None, "timeout"
-        task = self._flight(number)
+        flight = self._flights.get(number)
+        if flight is None:
+            flight = await self._lead(number)
+        if flight.answer.done():
+            return self._seen(*flight.answer.result())
         try:
-            # Shielded: a caller that gives up does not cancel the request others wait on.
-            entry = await asyncio.wait_for(asyncio.shield(task), wait)
-        except (TimeoutError, LookupTimeout):
-            self._observe("timeout", None)
-            return None, "timeout"
-        except LookupFailed:
-            self._observe("failed", None)
-            return None, "failed"
-        result = "miss" if entry.found else "not_found"
+            # Shielded: a caller that gives up does not cancel the flight others wait on.
+            entry, result = await asyncio.wait_for(asyncio.shield(flight.answer), max(wait, 0))
+        except TimeoutError:
+            entry, result = None, "timeout"
+        return self._seen(entry, result)
+
+    def _seen(self, entry: Cached | None, result: str) -> tuple[CallerInfo | None, str]:
         self._observe(result, None)
-        return (_info(entry) if entry.found else None), result
+        if entry is None or not entry.found:
+            return None, result
+        return CallerInfo(tags=frozenset(entry.tags), attributes=dict(entry.attributes)), result
 
-    def _flight(self, number: str) -> asyncio.Task:
-        """The request under way for ``number``, or a new one: concurrent lookups are made once."""
-        task = self._flights.get(number)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._fetch(number))
-            self._flights[number] = task
-            task.add_done_callback(lambda t: self._done(number, t))
-        return task
+    async def _lead(self, number: str) -> _Flight:
+        """Start the flight for ``number``. It is taken before the store is read, so that callers
+        arriving during the read join it; it ends at once on a hit, else after the CRM request and the
+        cache write."""
+        flight = _Flight(asyncio.get_running_loop().create_future())
+        self._flights[number] = flight
+        try:
+            entry = await self._cached(number)
+        except BaseException:
+            self._land(number, flight, "timeout")  # this caller ran out of time; those joined go on too
+            raise
+        if self._closed:
+            flight.say(None, "abandoned")  # closed during the read: nothing new starts
+        elif entry is not None and entry.fresh_until >= time.time():
+            flight.say(entry, "hit")
+        elif entry is not None and self.cfg.stale_s:
+            # Past its TTL but within the stale window: answer now, refresh behind (unless the CRM
+            # keeps failing: then the stale answer is all there is).
+            flight.say(entry, "stale")
+            if self.breaker.allows():
+                return self._fly(number, flight)
+        elif not self.breaker.allows():
+            flight.say(None, "open")
+        else:
+            return self._fly(number, flight)
+        self._land(number, flight, "abandoned")
+        return flight
 
-    def _done(self, number: str, task: asyncio.Task) -> None:
-        self._flights.pop(number, None)
-        if not task.cancelled():
-            task.exception()  # retrieved: a failure was counted by whoever waited, or by _fetch
+    def _fly(self, number: str, flight: _Flight) -> _Flight:
+        flight.task = asyncio.get_running_loop().create_task(self._ask_for(flight, number))
+        flight.task.add_done_callback(lambda _: self._land(number, flight, "abandoned"))
+        return flight
 
-    async def _fetch(self, number: str) -> Cached:
-        url = self.cfg.url.replace("{caller}", quote(number, safe=""))
+    def _land(self, number: str, flight: _Flight, otherwise: str) -> None:
+        """End ``flight``; whoever still waits on it gets ``otherwise``."""
+        if self._flights.get(number) is flight:
+            del self._flights[number]
+        flight.say(None, otherwise)
+
+    async def _ask_for(self, flight: _Flight, number: str) -> None:
+        try:
+            flight.say(*await self._ask(number))
+        except Exception as exc:  # noqa: BLE001 - a lookup never fails the call; the cause is logged
+            _error(exc)
+            flight.say(None, "failed")
+
+    async def _cached(self, number: str) -> Cached | None:
+        try:
+            raw = await self._store.get(f"lookup:{number}")
+        except StoreError:
+            return None  # the store is down: ask the CRM
+        except Exception as exc:  # noqa: BLE001 - a lookup never fails the call; the cause is logged
+            _error(exc)
+            return None
+        if raw is None:
+            return None
+        try:
+            return _decode(raw)
+        except msgspec.DecodeError:
+            return None
+
+    async def _ask(self, number: str) -> Answer:
+        """Ask the CRM, count the outcome toward the breaker, cache what it found or did not."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            return None, "timeout"  # every slot busy: this process's limit, not the CRM's failure
         began = time.perf_counter()
         try:
-            response = await self._client.get(url, headers=self.cfg.headers, timeout=self._timeout)
-            entry = self._read(response)
-        except httpx.TimeoutException as exc:
-            self._failed(began)
-            raise LookupTimeout(f"lookup timed out after {self._timeout}s") from exc
-        except httpx.HTTPError as exc:
-            self._failed(began)
-            raise LookupFailed(f"lookup: {exc.__class__.__name__}") from exc
-        except LookupFailed:
-            self._failed(began)
-            raise
-        self._failures = 0
+            async with asyncio.timeout(self._timeout):
+                entry, result = await self._request(number)
+        except (TimeoutError, httpx.TimeoutException):
+            entry, result = None, "timeout"
+        except httpx.TransportError:
+            entry, result = None, "failed"  # refused, reset, broken answers: the CRM or the way to it
+        finally:
+            self._slots.release()
         self._observe("request", time.perf_counter() - began)
+        if result in ("timeout", "failed"):
+            self.breaker.failed()
+            return None, result
+        if entry is None:
+            return None, result  # rejected: not cached, and says nothing of the CRM's health
+        self.breaker.succeeded()
         ttl = self.cfg.ttl_s if entry.found else self.cfg.negative_ttl_s
         if ttl:
             stale = self.cfg.stale_s if entry.found else 0
-            await self._store.set(f"lookup:{number}", _encode(entry), ttl + stale)
-        return entry
+            try:
+                await self._store.set(f"lookup:{number}", _encode(entry), ttl + stale)
+            except StoreError:
+                pass  # not cached this time; the answer stands
+        return entry, result
 
-    def _failed(self, began: float) -> None:
-        self._observe("request", time.perf_counter() - began)
-        self._failures += 1
-        if self._failures >= self.cfg.failures_to_open:
-            self._open_until = time.monotonic() + self.cfg.open_s
-            self._failures = 0
-
-    def _read(self, response: httpx.Response) -> Cached:
-        if response.status_code == 404:
-            return Cached(found=False, fresh_until=time.time() + self.cfg.negative_ttl_s)
-        if response.status_code != 200:
-            raise LookupFailed(f"lookup answered {response.status_code}")
+    async def _request(self, number: str) -> Answer:
+        url = self.cfg.url.replace("{caller}", quote(number, safe=""))
+        async with self._client.stream("GET", url, headers=self._headers, timeout=self._timeout) as response:
+            body = await _bounded(response)
+            status = response.status_code
+        if status == 404:
+            return Cached(found=False, fresh_until=time.time() + self.cfg.negative_ttl_s), "not_found"
+        if 400 <= status < 500:
+            return None, "rejected"
+        if status != 200 or body is None:
+            return None, "failed"
         try:
-            body = msgspec.json.decode(response.content)
-        except (msgspec.DecodeError, RecursionError):
-            raise LookupFailed("lookup answered with a body that is not JSON") from None
-        if not isinstance(body, dict):
-            raise LookupFailed("lookup answered with JSON that is not an object")
+            data = msgspec.json.decode(body)
+        except (msgspec.DecodeError, ValueError, RecursionError):  # not JSON, not UTF-8, too deep
+            return None, "failed"
+        if not isinstance(data, dict):
+            return None, "failed"
         return Cached(
             found=True,
             fresh_until=time.time() + self.cfg.ttl_s,
-            tags=_tags(body.get(self.cfg.tags_field)),
-            attributes={k: as_text(v) for k in self.cfg.attributes if _scalar(v := body.get(k))},
-        )
+            tags=_tags(data.get(self.cfg.tags_field)),
+            attributes={k: as_text(v) for k in self.cfg.attributes if _scalar(v := data.get(k))},
+        ), "miss"
+
+
+async def _bounded(response: httpx.Response) -> bytes | None:
+    """The body as sent, or None when it is over :data:`MAX_BODY` (read no further than that) or
+    compressed."""
+    if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+        return None
+    length = response.headers.get("content-length", "")
+    if length.isascii() and length.isdigit() and int(length) > MAX_BODY:
+        return None
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return None
+    return bytes(body)
+
+
+def _error(exc: Exception) -> None:
+    # The class only: a message may hold the URL, and so the caller's number.
+    log.error("lookup error", extra={"fields": {"dependency": "lookup", "error": type(exc).__name__}})
 
 
 def _scalar(value: Any) -> bool:
@@ -211,7 +349,3 @@ def _tags(value: Any) -> list[str]:
     if isinstance(value, list):
         return [t for t in value if isinstance(t, str) and t]
     return []
-
-
-def _info(entry: Cached) -> CallerInfo:
-    return CallerInfo(tags=frozenset(entry.tags), attributes=dict(entry.attributes))

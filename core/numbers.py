@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 
 _DROP = re.compile(r"[\s\-().\u00a0/]")
+_PHONE = re.compile(r"\+?[0-9]{3,20}")
+PHONE_MAX = 21
+"""The longest normalised number that can be a phone number: ``+`` and 20 digits."""
 
 
 def normalise(number: str) -> str:
@@ -17,6 +20,13 @@ def normalise(number: str) -> str:
     if n.startswith("00"):
         n = "+" + n[2:]
     return n
+
+
+def is_phone_number(number: str) -> bool:
+    """Whether the normalised ``number`` can be a phone number or an extension: an optional ``+`` and 3 to
+    20 ASCII digits. Only such numbers are looked up or used in keys, so a caller sets neither what a CRM
+    is asked nor how big a key grows."""
+    return len(number) <= PHONE_MAX and _PHONE.fullmatch(number) is not None
 
 
 def mask(number: str, keep: int = 3) -> str:

@@ -86,6 +86,14 @@ def check_content_type(value: str | None) -> None:
 
 
 def parse(body: bytes, content_type: str | None = None) -> RoutingQuery:
+    """The query; :class:`Rejected` with a 400 whose reason names the problem, never the bytes sent."""
+    if not body.isascii():
+        # JSON is UTF-8 (RFC 8259); msgspec checks only the strings it keeps, and fails on them with
+        # UnicodeDecodeError. Checking the whole body refuses one wherever the bad bytes are.
+        try:
+            body.decode()
+        except UnicodeDecodeError:
+            raise Rejected(_error(400, "body is not valid UTF-8")) from None
     try:
         req = _decode(body)
     except msgspec.ValidationError as exc:

@@ -33,11 +33,13 @@ LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 RULES = Counter("routing_rule_matches_total", "Decisions made by each rule.", ["rule"])
-LOOKUP_RESULTS = ("hit", "stale", "miss", "not_found", "rejected", "failed", "timeout", "open", "skipped")
+LOOKUP_RESULTS = (
+    "hit", "stale", "miss", "not_found", "rejected", "failed", "timeout", "open", "skipped", "abandoned"
+)
 LOOKUPS = Counter(
     "routing_lookups_total",
     "Caller lookups by result (hit, stale, miss, not_found, rejected: another 4xx, failed, timeout, "
-    "open: the CRM's breaker is open, skipped: not a phone number).",
+    "open: the CRM's breaker is open, skipped: not a phone number, abandoned: a reload replaced the lookup).",
     ["result"],
 )
 LOOKUP_LATENCY = Histogram(

@@ -7,7 +7,7 @@ import io
 
 import msgspec
 
-from core.numbers import normalise
+from core.numbers import is_phone_number, normalise
 
 AttrValue = str | int | float | bool
 
@@ -41,8 +41,8 @@ def from_table(
     for raw_number, entry in table.items():
         here = f'{path}."{raw_number}"'
         number = normalise(raw_number)
-        if not number:
-            problems.append(f"{here}: not a phone number")
+        if not is_phone_number(number):
+            problems.append(f"{here}: can never be a caller's number (an optional + and 3 to 20 digits)")
             continue
         if number in out:
             problems.append(f"{here}: the same number as another entry once normalised ({number})")
@@ -92,6 +92,9 @@ def parse_csv(data: bytes, label: str, problems: list[str], max_problems: int = 
             problem = f"{len(row)} columns where the header has {width}"
         elif not number:
             problem = "no number"
+        elif not is_phone_number(number):
+            # A caller never has such a number (and a letter O for a zero is an easy slip): never matched.
+            problem = f"{row[0].strip()!r} can never be a caller's number (an optional + and 3 to 20 digits)"
         elif number in out:
             problem = f"{number} appears twice"
         if problem:

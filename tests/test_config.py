@@ -246,6 +246,8 @@ def test_mistakes_that_can_never_work(tmp_path):
 base = "/qm/"
 [callers."+358 40 765 4321"]
 agent = "a@x"
+[callers."+358 40 765 432O"]
+tags = ["typo"]
 [[rules]]
 name = "key-accounts"
 when = { tag = "vip" }
@@ -254,11 +256,13 @@ then = { target = "Q", required_agent = "{caller.agnet}", preferred_agents = ["{
     with pytest.raises(ConfigError) as info:
         load(path)
     assert info.value.problems == [
+        'callers."+358 40 765 432O": can never be a caller\'s number (an optional + and 3 to 20 digits)',
         ("rules[0] (key-accounts).then.required_agent: no caller source has the attribute 'agnet' "
          "(not [callers], not a directory file's columns, not lookup.attributes)")
     ]
     # The name is fine once the lookup gives it; a base with a trailing slash routes as without one.
-    path.write_text(path.read_text().replace("[eml]", "[lookup]\nurl = 'http://crm/{caller}'\n"
+    path.write_text(path.read_text().replace('[callers."+358 40 765 432O"]\ntags = ["typo"]\n', "").replace(
+        "[eml]", "[lookup]\nurl = 'http://crm/{caller}'\n"
                                              "attributes = ['agnet']\n[eml]"))
     assert load(path).config.eml.base == "/qm"
 

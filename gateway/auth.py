@@ -12,6 +12,10 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+# Optional whitespace around a header value (RFC 9110: spaces and tabs) is not part of a credential.
+_OWS = " \t"
+
+
 def _same(given: bytes, expected: Iterable[bytes]) -> bool:
     # Compare against every expected value, in constant time each, and without stopping early.
     found = False
@@ -20,9 +24,22 @@ def _same(given: bytes, expected: Iterable[bytes]) -> bool:
     return found
 
 
+def _sent(value: str) -> bytes:
+    """The bytes the client sent, from a header value decoded as latin-1 (as the app and ASGI do)."""
+    value = value.strip(_OWS)
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:  # not from latin-1 bytes, so real text: a key is compared as UTF-8
+        return value.encode("utf-8")
+
+
 class Credentials:
     """What one endpoint accepts: API keys in a header (or as a Bearer token), and/or Basic users.
-    With nothing configured, the endpoint is open."""
+    With nothing configured, the endpoint is open.
+
+    Header values come decoded as latin-1, i.e. one character per byte sent; the bytes are compared with
+    the UTF-8 bytes of the configured keys and users, so a non-ASCII key matches as a client sends it.
+    Spaces and tabs around a key, a token or the Basic credentials are not part of them."""
 
     def __init__(
         self, key_header: str, schemes: tuple[str, ...], api_keys: list[str], basic: Mapping[str, str]
@@ -37,16 +54,15 @@ class Credentials:
         if self.open:
             return True
         key = headers.get(self.key_header)
-        if key is not None and self.keys and _same(key.encode("utf-8", "replace"), self.keys):
+        if key is not None and self.keys and _same(_sent(key), self.keys):
             return True
-        scheme, _, value = headers.get("authorization", "").partition(" ")
+        scheme, _, value = headers.get("authorization", "").strip(_OWS).partition(" ")
         scheme = scheme.lower()
-        value = value.strip()
         if scheme == "bearer" and self.bearer and self.keys:
-            return _same(value.encode("utf-8", "replace"), self.keys)
+            return _same(_sent(value), self.keys)
         if scheme == "basic" and self.basic:
             try:
-                pair = base64.b64decode(value, validate=True)
+                pair = base64.b64decode(_sent(value), validate=True)
             except (binascii.Error, ValueError):
                 return False
             return _same(pair, self.basic)
@@ -71,7 +87,9 @@ def _within(addr: Address | None, nets: tuple[Network, ...]) -> bool:
     return addr is not None and any(addr.version == n.version and addr in n for n in nets)
 
 
-def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]) -> Address | None:
+def client_address(
+    peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]
+) -> Address | None:
     """The caller's address: the peer's, or when the peer is a trusted proxy, the right-most address in
     ``X-Forwarded-For`` that is not itself a trusted proxy."""
     addr = _address(peer) if peer else None

@@ -1,49 +1,120 @@
-"""Running the app under uvicorn, one process or several."""
+"""Running the app under uvicorn, one process or several, with the limits of SPEC section 8."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from gateway.app import CONFIG_ENV, create_app
-from gateway.config import Loaded
+from gateway.config import Loaded, ServerConfig
+from gateway.connection import Connection, Limits
 from gateway.metrics import MULTIPROCESS_ENV
+
+logger = logging.getLogger("uvicorn.error")
+
+
+class Config(uvicorn.Config):
+    """uvicorn's config, serving each connection with :class:`Connection` under ``limits``.
+    Picklable, as the worker processes receive it."""
+
+    def __init__(self, app: Any, *, limits: Limits, **options: Any) -> None:
+        super().__init__(app, http=Connection, ws="none", **options)
+        self.limits = limits
+
+    def configure_logging(self) -> None:
+        # Run in each worker too. Without a log config (gateway.logs formats every line) uvicorn sets no
+        # levels, and its access lines are at info: let them through when they are asked for.
+        super().configure_logging()
+        if self.access_log:
+            logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, but a stop asked for with SIGTERM or SIGINT ends the process normally (exit
+    code 0), instead of by the signal re-raised once shutdown is done."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
 
 
 class Supervisor(Multiprocess):
     """uvicorn's worker supervisor, but SIGHUP is passed on to the workers, each of which reloads its
-    config in place (refusing an invalid one), instead of restarting them."""
+    config in place (refusing an invalid one), instead of restarting them; and at shutdown a worker
+    still running a second after its own shutdown timeout is killed."""
 
     def handle_hup(self) -> None:
         for process in self.processes:
             if process.pid is not None:
                 os.kill(process.pid, signal.SIGHUP)
 
+    def join_all(self) -> None:
+        deadline = time.monotonic() + (self.config.timeout_graceful_shutdown or 0) + 2
+        for process in self.processes:
+            process.process.join(max(0.0, deadline - time.monotonic()))
+            if process.process.is_alive():
+                logger.error("Worker [%s] did not stop in time; killed", process.pid)
+                process.kill()
+                process.process.join()
 
-def serve(loaded: Loaded, host: str | None = None, port: int | None = None, workers: int | None = None) -> None:
-    """Serve until SIGINT or SIGTERM; in-flight webhooks finish first."""
-    server = loaded.config.server
-    base = loaded.path.parent
-    options = {
-        "host": host or server.host,
-        "port": server.port if port is None else port,
+
+def options(server: ServerConfig) -> tuple[Limits, dict[str, Any]]:
+    """The connection limits and uvicorn's options for ``[server]`` (host, port and TLS aside)."""
+    stop = float(server.shutdown_timeout_s)
+    # The last second (half, for a 1 s timeout) is left to the app for closing the store and the
+    # CRM client; connections still busy are cut half a second before uvicorn cancels their tasks.
+    graceful = stop - min(1.0, stop / 2)
+    limits = Limits(
+        max_header_bytes=server.max_header_bytes,
+        max_headers=server.max_headers,
+        read_timeout_s=server.read_timeout_ms / 1000,
+        drain_s=max(graceful - 0.5, graceful / 2),
+    )
+    return limits, {
         "loop": "uvloop",
-        "http": "httptools",
         "lifespan": "on",
         "access_log": server.access_log,
         "server_header": False,
         # X-Forwarded-For is read by the app itself, and only from server.trusted_proxies.
         "proxy_headers": False,
-        "log_level": "warning",
-        "timeout_graceful_shutdown": 30,
+        # The gateway's logging (gateway.logs) stays as it is set up: no dictConfig, no levels set here.
+        # uvicorn's own messages still go to the "uvicorn.error" logger.
+        "log_config": None,
+        "log_level": None,
+        # uvicorn counts this request's own connection, and refuses at `>=`: one more than the open
+        # connections allowed. (It also refuses while as many requests are still being answered.)
+        "limit_concurrency": server.max_connections + 1,
+        "timeout_keep_alive": server.keepalive_timeout_s,
+        "timeout_graceful_shutdown": graceful,
     }
+
+
+def serve(
+    loaded: Loaded, host: str | None = None, port: int | None = None, workers: int | None = None
+) -> None:
+    """Serve until SIGINT or SIGTERM; in-flight webhooks finish first, within ``shutdown_timeout_s``."""
+    server = loaded.config.server
+    base = loaded.path.parent
+    limits, opts = options(server)
+    opts.update(host=host or server.host, port=server.port if port is None else port)
     if server.tls_cert:
-        options.update(ssl_certfile=str(base / server.tls_cert), ssl_keyfile=str(base / server.tls_key))
+        opts.update(ssl_certfile=str(base / server.tls_cert), ssl_keyfile=str(base / server.tls_key))
     workers = workers or server.workers
     if workers > 1:
         # Each worker loads the config itself, from the path handed down in the environment, and
@@ -51,10 +122,13 @@ def serve(loaded: Loaded, host: str | None = None, port: int | None = None, work
         os.environ[CONFIG_ENV] = str(loaded.path.resolve())
         metrics_dir = tempfile.mkdtemp(prefix="routing-gateway-metrics-")
         os.environ[MULTIPROCESS_ENV] = metrics_dir
-        config = uvicorn.Config("gateway.app:from_env", factory=True, workers=workers, **options)
+        config = Config("gateway.app:from_env", factory=True, workers=workers, limits=limits, **opts)
         try:
             Supervisor(config, sockets=[config.bind_socket()]).run()
         finally:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     else:
-        uvicorn.run(create_app(loaded), **options)
+        single = Server(Config(create_app(loaded), limits=limits, **opts))
+        single.run()
+        if not single.started:
+            sys.exit(STARTUP_FAILURE)

@@ -33,6 +33,7 @@ from gateway import config as config_mod
 from gateway import metrics
 from gateway.auth import Credentials, allowed, client_address, networks
 from gateway.logs import event
+from gateway.logs import flush as flush_logs
 from gateway.logs import setup as setup_logs
 from gateway.reload import Reloader
 
@@ -176,7 +177,9 @@ def _request_id(headers: dict[str, str]) -> str:
     given = headers.get("x-request-id", "")
     if 0 < len(given) <= 64 and given.isascii() and given.isprintable():
         return given
-    return secrets.token_hex(8)
+    made = secrets.token_hex(8)
+    # An id of digits only would read as a phone number, and the logs would mask it.
+    return made if not made.isdigit() else "r" + made[1:]
 
 
 async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, headers: dict):
@@ -282,6 +285,8 @@ def create_app(
             await the_store.close()
             metrics.worker_exit(os.getpid())
             event("stopped", pid=os.getpid())
+            # A worker is ended by its signal re-raised right after this: write the queued lines first.
+            await asyncio.to_thread(flush_logs)
 
     async def webhooks(scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":

@@ -173,6 +173,9 @@ def _semantics(
         for i, key in enumerate(section.api_keys):
             if not key.strip():
                 problems.append(f"{name}.api_keys[{i}]: empty")
+            elif key != key.strip(" \t"):
+                # Clients' keys are trimmed before they are compared: this one could never match.
+                problems.append(f"{name}.api_keys[{i}]: spaces or tabs around a key are not part of it")
     for user, password in cfg.smartrouting.basic_auth.items():
         if not password:
             problems.append(f"{key_path('smartrouting.basic_auth', user)}: empty password")

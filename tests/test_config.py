@@ -119,6 +119,8 @@ def test_serve_refuses_a_broken_config_with_the_same_list(broken):
     lines = [json.loads(line) for line in run.stderr.splitlines()]
     (refusal,) = [line for line in lines if line["event"] == "not started"]
     for expected in EXPECTED:
+        # Logged lines never hold a whole phone number, a caller's key path included.
+        expected = expected.replace('"+358501231234"', '"**********234"')
         assert any(p.startswith(expected) for p in refusal["problems"]), expected
 
 
@@ -227,13 +229,14 @@ def test_empty_credentials_are_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("EMPTY_SECRET", "")
     path = tmp_path / "c.toml"
     path.write_text(
-        '[smartrouting]\napi_keys = ["  "]\nbasic_auth = { enreach = "${EMPTY_SECRET}" }\n'
+        '[smartrouting]\napi_keys = ["  ", " padded"]\nbasic_auth = { enreach = "${EMPTY_SECRET}" }\n'
         '[eml]\napi_keys = ["${EMPTY_SECRET}"]\n'
     )
     with pytest.raises(ConfigError) as info:
         load(path)
     assert info.value.problems == [
         "smartrouting.api_keys[0]: empty",
+        "smartrouting.api_keys[1]: spaces or tabs around a key are not part of it",
         "eml.api_keys[0]: empty",
         "smartrouting.basic_auth.enreach: empty password",
     ]

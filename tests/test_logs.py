@@ -471,9 +471,6 @@ def test_a_stalled_stderr_does_not_stop_webhooks(tmp_path):
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True, reason="a worker ends by the re-raised SIGTERM: gateway/app.py must flush after 'stopped'"
-)
 def test_workers_write_their_last_lines(start_gateway):
     gw = start_gateway(CONFIG, "--workers", "2", env=ENV)
     deadline = time.monotonic() + 30

@@ -149,7 +149,7 @@ def _second(epoch: int) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """``{"ts": ..., "level": ..., "event": ..., <fields>}`` on one line, every value cleaned."""
+    """``{"ts": ..., "level": ..., "event": ..., "pid": ..., <fields>}`` on one line, every value cleaned."""
 
     def line(self, record: logging.LogRecord) -> bytes:
         try:
@@ -160,6 +160,8 @@ class JsonFormatter(logging.Formatter):
             "ts": f"{_second(int(record.created))}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "event": clean_text(message),
+            # With --workers N, which worker wrote the line.
+            "pid": record.process,
         }
         if record.name != log.name:
             out["logger"] = record.name

@@ -51,7 +51,9 @@ FALLBACKS = Counter(
     "served in process, or its connection pool full for the whole wait).",
     ["reason"],
 )
-RELOADS = Counter("routing_config_reloads_total", "Config reloads by result (ok, invalid).", ["result"])
+RELOADS = Counter(
+    "routing_config_reloads_total", "Config reloads by result (ok, invalid, unchanged: the same version).", ["result"]
+)
 STORE_EVICTIONS = Counter(
     "routing_store_evictions_total",
     "Entries the in-process store dropped for room while still inside their TTL (a call record inside its "
@@ -82,7 +84,7 @@ def _zero() -> None:
         LOOKUPS.labels(result)
     for reason in ("deadline", "store"):
         FALLBACKS.labels(reason)
-    for result in ("ok", "invalid"):
+    for result in ("ok", "invalid", "unchanged"):
         RELOADS.labels(result)
 
 

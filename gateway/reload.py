@@ -48,6 +48,9 @@ class Reloader:
                 event("reload refused", logging.ERROR, reason=reason, version=old.version, problems=exc.problems)
                 return False
             if new.version == old.version:
+                # Nothing to swap, but the operator who sent the signal sees it arrived.
+                metrics.RELOADS.labels("unchanged").inc()
+                event("reload unchanged", reason=reason, version=old.version)
                 return True
             changed = [k for k in RESTART_ONLY if _get(old.config, k) != _get(new.config, k)]
             self._apply(new)

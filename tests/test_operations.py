@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import ssl
 import subprocess
@@ -117,15 +118,24 @@ def test_known_series_start_at_zero(start_gateway):
         assert m[(name, tuple(sorted(labels.items())))] == 0, (name, labels)
 
 
+def _pids(gw, event: str) -> set[int]:
+    return {json.loads(x)["pid"] for x in gw.logs().splitlines() if f'"event":"{event}"' in x}
+
+
 def test_metrics_are_summed_across_workers(start_gateway, redis_server):
     store = f'[store]\nredis_url = "{redis_server.url}"\nkey_prefix = "w{uuid.uuid4().hex[:6]}:"\n'
     gw = start_gateway(store + rule_config("VIP"), "--workers", "2", env=SECRETS)
-    # New connections, so that both workers take some of the traffic.
-    for _ in range(20):
+    assert wait_for(lambda: len(_pids(gw, "started")) == 2)
+    # New connections until both workers have answered some (the kernel spreads them), then every scrape,
+    # whichever worker answers it, counts all of them.
+    sent = 0
+    while sent < 20 or (len(_pids(gw, "decision")) < 2 and sent < 400):
         with httpx.Client(base_url=gw.url) as c:
             assert c.post("/smartrouting", json={"anum": "+358501231234"}, headers=SR).status_code == 200
-    for _ in range(5):  # whichever worker answers the scrape, it sees all 20
-        assert value(samples(gw), "routing_requests_total", protocol="smartrouting", outcome="routed") == 20
+        sent += 1
+    assert wait_for(lambda: len(_pids(gw, "decision")) == 2)
+    for _ in range(5):
+        assert value(samples(gw), "routing_requests_total", protocol="smartrouting", outcome="routed") == sent
 
 
 def test_reload_on_sighup_and_refusal_of_an_invalid_file(start_gateway):
@@ -150,6 +160,16 @@ def test_reload_on_sighup_and_refusal_of_an_invalid_file(start_gateway):
     assert [k for k in m if k[0] == "routing_config_info"] == [("routing_config_info", (("version", v2["version"]),))]
     assert value(m, "routing_config_info", version=v2["version"]) == 1
     assert gw.proc.poll() is None
+
+
+def test_sighup_on_an_unchanged_file_says_so(start_gateway):
+    gw = start_gateway(rule_config("SAME"), env=SECRETS)
+    gw.signal(signal.SIGHUP)
+    assert wait_for(lambda: "reload unchanged" in gw.logs())
+    (line,) = [json.loads(x) for x in gw.logs().splitlines() if '"reload unchanged"' in x]
+    assert line["reason"] == "SIGHUP" and line["version"] == gw.client.get("/readyz").json()["config"]["version"]
+    assert line["pid"] == gw.proc.pid
+    assert value(samples(gw), "routing_config_reloads_total", result="unchanged") == 1
 
 
 def test_reload_refuses_a_number_out_of_range(start_gateway):
@@ -191,6 +211,8 @@ def test_reload_with_workers(start_gateway):
         return True
 
     assert wait_for(all_new)
+    # Each worker reloaded on its own, not one of them twice.
+    assert wait_for(lambda: len(_pids(gw, "reloaded")) == 2)
     assert gw.proc.poll() is None
 
 

@@ -232,6 +232,10 @@ def test_https(start_gateway, tmp_path):
     assert r.status_code == 201 and r.json()["number"] in ("100", "101")
     with pytest.raises(httpx.TransportError):
         httpx.post(f"http://127.0.0.1:{gw.port}/smartrouting", json={}, timeout=3)
+    # The client keeps its TLS connection open: SIGTERM still ends the process at once, normally.
+    began = time.monotonic()
+    assert gw.stop() == 0
+    assert time.monotonic() - began < 8
 
 
 def test_allow_networks_behind_a_trusted_proxy(start_gateway):
@@ -284,13 +288,19 @@ def test_graceful_shutdown_finishes_in_flight_webhooks(start_gateway, crm):
     caller.start()
     assert wait_for(lambda: crm.hits["+46700000001"] == 1)
     gw.signal(signal.SIGTERM)
-    time.sleep(0.3)
-    with pytest.raises(httpx.TransportError):  # no longer accepting
-        httpx.post(f"{gw.url}/smartrouting", json={}, timeout=2)
+
+    def refused() -> bool:
+        try:
+            httpx.post(f"{gw.url}/smartrouting", json={}, timeout=2)
+        except httpx.TransportError:
+            return True
+        return False
+
+    assert wait_for(refused)  # no longer accepting
     caller.join()
-    assert result["status"] == 204 and 2.0 < result["took"] < 3.2
-    # uvicorn re-raises the SIGTERM it handled once shutdown is done: the conventional exit.
-    assert gw.proc.wait(10) in (0, -signal.SIGTERM)
+    # The call in flight got its answer (the lookup's 2.5 s, then the default routing), not a cut.
+    assert result["status"] == 204 and 2.0 < result["took"] < 8
+    assert gw.proc.wait(10) == 0
     assert '"event":"stopped"' in gw.logs()
 
 
@@ -301,7 +311,7 @@ def test_logs_mask_numbers_and_never_hold_a_secret(start_gateway):
     gw.client.post("/smartrouting", json={"anum": "+358501231234"},
                    headers={"Authorization": "Basic b3BzOnNyLXB3LTJiOGQxZQ=="})
     gw.signal(signal.SIGHUP)
-    time.sleep(0.3)
+    assert wait_for(lambda: "reload unchanged" in gw.logs())
     gw.stop()
     logs = gw.logs()
     for secret in SECRETS.values():

@@ -191,9 +191,14 @@ async def _once_across(
         raise
     if decision.target:
         record = _encode(decision)
-        await asyncio.gather(
-            ctx.store.set(key, record, remember_s), ctx.store.set(f"mq:{decision.id}", record, remember_s)
-        )
+        writes = [ctx.store.set(key, record, remember_s)]
+        # Redis keeps the record by mqID too (SPEC section 5), for whatever else reads Redis; nothing in
+        # the gateway reads it. A store in process is read by this process alone, so there it would only
+        # double the entries each call holds, and halve the calls that fit before one is evicted
+        # inside its retry window.
+        if ctx.store.shared:
+            writes.append(ctx.store.set(f"mq:{decision.id}", record, remember_s))
+        await asyncio.gather(*writes)
     else:
         await ctx.store.delete(key)
     return decision

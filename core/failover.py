@@ -39,6 +39,11 @@ class FailoverStore:
     def up(self) -> bool:
         return self._up
 
+    @property
+    def shared(self) -> bool:
+        """True while serving from Redis, where other replicas read what is stored."""
+        return self._up
+
     def status(self) -> str:
         return "ok" if self._up else "degraded"
 

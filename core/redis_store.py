@@ -26,6 +26,8 @@ def _no_retry() -> Retry:
 class RedisStore:
     """:class:`core.store.Store` on Redis. Keys are ``prefix + key``."""
 
+    shared = True
+
     def __init__(self, client: Any, prefix: str, timeout_s: float, sentinel: Sentinel | None = None) -> None:
         self._client = client
         self._prefix = prefix

@@ -6,13 +6,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 
 class Store(Protocol):
     """Byte values under string keys, with TTLs. Every method may raise :class:`core.errors.StoreError`."""
+
+    shared: bool
+    """True when other processes read what is stored here (Redis); False for a store in process."""
 
     async def get(self, key: str) -> bytes | None:
         """The value under ``key``, or None when absent or expired."""
@@ -38,16 +44,45 @@ class Store(Protocol):
         """Release connections."""
 
 
+Evicted = Callable[[str, float], None]
+"""Told of each entry a full store drops before its TTL ran out: the key's kind (what comes before its
+first ``:``, e.g. ``call``) and the seconds it had left. Never the key itself, which may hold a number."""
+
+
 class MemoryStore:
-    """The store in process: bounded (least recently used entries go first), with TTLs.
+    """The store in process: at most ``max_entries`` values, with TTLs.
+
+    Expired values are reclaimed as time passes, not only when read again: a heap orders them by
+    expiry, each write reclaims what has fallen due, and a timer sweeps while the store is idle.
+    When the store is full of live values, the least recently used one goes first, and ``on_evict``
+    hears of it: a call record dropped inside its retry window is a call that could be allocated
+    twice, so the store must be sized for it (``evicted`` counts them).
 
     Counters are kept apart from values and never evicted: there is one per round-robin service.
     """
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    shared = False
+    SWEEP_S = 1.0
+    """How often the timer reclaims expired values while there are any."""
+    SWEEP_BATCH = 2000
+    """Most values reclaimed in one pass of the event loop, so that a mass expiry never stalls it."""
+
+    def __init__(self, max_entries: int = 1_000_000, on_evict: Evicted | None = None) -> None:
         self._max = max_entries
         self._values: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._expiries: list[tuple[float, str]] = []  # a heap; stale items are skipped when popped
         self._counters: dict[str, int] = {}
+        self._sweeper: asyncio.Handle | None = None
+        self._sweeper_loop: asyncio.AbstractEventLoop | None = None
+        self._on_evict = on_evict
+        self.evicted = 0
+        """Values dropped to make room while their TTL still ran."""
+
+    @property
+    def size(self) -> int:
+        """Values held, expired ones not yet reclaimed included. (No ``__len__``: an empty store
+        must not be falsy.)"""
+        return len(self._values)
 
     def _live(self, key: str) -> bytes | None:
         item = self._values.get(key)
@@ -59,16 +94,56 @@ class MemoryStore:
         self._values.move_to_end(key)
         return item[1]
 
+    def _reclaim(self, now: float, limit: int) -> int:
+        """Drop up to ``limit`` expired values, soonest first; how many heap items were looked at."""
+        heap = self._expiries
+        seen = 0
+        while heap and heap[0][0] <= now and seen < limit:
+            expires, key = heapq.heappop(heap)
+            seen += 1
+            item = self._values.get(key)
+            if item is not None and item[0] == expires:
+                del self._values[key]
+        return seen
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        if self._reclaim(time.monotonic(), self.SWEEP_BATCH) == self.SWEEP_BATCH:
+            self._sweeper = asyncio.get_running_loop().call_soon(self._sweep)  # more fell due: go on soon
+        else:
+            self._arm()
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._expiries and (self._sweeper is None or self._sweeper_loop is not loop):
+            self._sweeper = loop.call_later(self.SWEEP_S, self._sweep)
+            self._sweeper_loop = loop
+
     async def get(self, key: str) -> bytes | None:
         if key in self._counters:
             return str(self._counters[key]).encode()
         return self._live(key)
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        self._values[key] = (time.monotonic() + ttl_s, value)
+        now = time.monotonic()
+        # Two at most per write: expired values go at least as fast as new ones come.
+        self._reclaim(now, 2)
+        expires = now + ttl_s
+        self._values[key] = (expires, value)
         self._values.move_to_end(key)
+        heapq.heappush(self._expiries, (expires, key))
         while len(self._values) > self._max:
-            self._values.popitem(last=False)
+            if self._reclaim(now, 1):
+                continue
+            old, (until, _) = self._values.popitem(last=False)
+            self.evicted += 1
+            if self._on_evict is not None:
+                self._on_evict(old.partition(":")[0] if ":" in old else "", until - now)
+        if len(self._expiries) > 2 * len(self._values) + 1024:
+            # Replaced and deleted values left their heap items behind: rebuild from what is held.
+            self._expiries = [(exp, k) for k, (exp, _) in self._values.items()]
+            heapq.heapify(self._expiries)
+        self._arm()
 
     async def add(self, key: str, value: bytes, ttl_s: float) -> bool:
         if self._live(key) is not None:
@@ -88,11 +163,15 @@ class MemoryStore:
         return None
 
     async def close(self) -> None:
-        return None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
 
 class DryRunStore:
     """Reads through to another store and writes nothing: for dry runs that must change no state."""
+
+    shared = False
 
     def __init__(self, inner: Store) -> None:
         self._inner = inner

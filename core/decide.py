@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
+import os
 import random
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -13,6 +15,7 @@ import msgspec
 import uuid6
 
 from core.directory import UNKNOWN, CallerInfo
+from core.errors import StoreBusy, StoreError
 from core.query import Decision, RoutingQuery
 from core.rules import CompiledRule, mismatch
 from core.schedules import Hours
@@ -54,6 +57,7 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Decision).decode
 PENDING = b"\x00pending"
+"""How a claim's value starts; the rest is the claimant's own token, so that it knows its claim again."""
 
 
 async def decide(
@@ -172,36 +176,71 @@ async def _once_across(
     loop = asyncio.get_running_loop()
     # The claim outlives the claimant's own deadline a little, then lapses if it died meanwhile.
     lease = 1.0 + (5.0 if deadline is None else max(0.0, deadline - loop.time()))
+    token = PENDING + os.urandom(16)
     delay = 0.005
     while True:
         # Claim first: a new call (the common case) costs one round trip here, not two.
-        if await ctx.store.add(key, PENDING, lease):
-            break
+        try:
+            if await ctx.store.add(key, token, lease):
+                break
+        except StoreBusy:
+            raise  # never sent
+        except StoreError:
+            # Sent, but its answer was lost: the claim may have landed. Read back whose it is; taking it
+            # for ours blindly could allocate twice, taking it for another's would wait on nobody.
+            pass
         raw = await ctx.store.get(key)
+        if raw == token:
+            break  # ours: it landed
         if raw is None:
             continue  # the claim lapsed or was given up just now: try again at once
-        if raw != PENDING:
+        if not raw.startswith(PENDING):
             return msgspec.structs.replace(_decode(raw), replayed=True)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
     try:
         decision = await _decide(query, ctx, deadline)
     except BaseException:
-        await asyncio.shield(ctx.store.delete(key))
+        await asyncio.shield(_give_up(ctx.store, key))
         raise
     if decision.target:
         record = _encode(decision)
-        writes = [ctx.store.set(key, record, remember_s)]
+        records = {key: record}
         # Redis keeps the record by mqID too (SPEC section 5), for whatever else reads Redis; nothing in
         # the gateway reads it. A store in process is read by this process alone, so there it would only
         # double the entries each call holds, and halve the calls that fit before one is evicted
         # inside its retry window.
         if ctx.store.shared:
-            writes.append(ctx.store.set(f"mq:{decision.id}", record, remember_s))
-        await asyncio.gather(*writes)
+            records[f"mq:{decision.id}"] = record
+        await _record(ctx.store, records, remember_s)
     else:
-        await ctx.store.delete(key)
+        await _give_up(ctx.store, key)
     return decision
+
+
+async def _give_up(store: Store, key: str) -> None:
+    """Drop a claim that leads to no record, so a retry need not wait for it. Should that fail, the
+    claim lapses with its lease: no reason to fail the call as well."""
+    with contextlib.suppress(StoreError):
+        await store.delete(key)
+
+
+async def _record(store: Store, records: dict[str, bytes], ttl_s: float) -> None:
+    """Write a decision's records, trying a failed write once more (a SET again is harmless). A call
+    answered but not remembered could be allocated twice on a retry; still, the decision was made and
+    is the answer, so a write that fails twice fails nothing else."""
+    for _ in range(2):
+        keys = list(records)
+        results = await asyncio.gather(
+            *(store.set(k, records[k], ttl_s) for k in keys), return_exceptions=True
+        )
+        for k, result in zip(keys, results, strict=True):
+            if result is None:
+                del records[k]
+            elif not isinstance(result, StoreError):
+                raise result
+        if not records:
+            return
 
 
 def explain(

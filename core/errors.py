@@ -3,6 +3,8 @@
     GatewayError
     ├── ConfigError          the config (or a directory file) is invalid; .problems lists every one
     ├── StoreError           the shared store failed (Redis down, timed out, refused)
+    │   ├── StoreBusy        ... only because every pooled connection stayed in use: not an outage
+    │   └── StoreRefused     ... because Redis answered it with an error (out of memory, read-only)
     └── LookupFailed         an external caller lookup gave no usable answer
         └── LookupTimeout    ... because it ran out of time
 
@@ -26,7 +28,17 @@ class ConfigError(GatewayError):
 
 
 class StoreError(GatewayError):
-    """A call to the shared store failed or timed out."""
+    """A call to the shared store failed or timed out. A write that timed out may have landed."""
+
+
+class StoreBusy(StoreError):
+    """Every pooled connection stayed in use for the whole wait: the call was never sent. Redis is
+    answering the calls ahead of it, so this is load, not an outage."""
+
+
+class StoreRefused(StoreError):
+    """Redis answered the call with an error (out of memory, read-only, a wrong type): it is reachable,
+    and still cannot serve."""
 
 
 class LookupFailed(GatewayError):

@@ -1,21 +1,29 @@
 """The store in Redis (a single server, a Cluster, or a Sentinel-managed master), shared by replicas.
 
-Every call is bounded by ``timeout_s`` and every failure leaves here as :class:`StoreError`. Each
-operation touches one key, so keys need no hash tags to be Cluster-safe; the atomic ones are single
-commands (``SET NX PX``, ``INCR``), so no replica can race another between a read and a write.
+Every failure leaves here as :class:`StoreError`. Each operation touches one key, so keys need no hash
+tags to be Cluster-safe; the atomic ones are single commands (``SET NX PX``, ``INCR``), so no replica
+can race another between a read and a write.
+
+At most ``max_connections`` connections send at once. A call that finds them all busy waits for one,
+up to ``timeout_s``, and then fails as :class:`StoreBusy`: a full pool is load, not an outage. Once on
+the wire, a call has ``timeout_s`` more to be answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 from typing import Any
 
-from redis.asyncio import Redis, RedisCluster, Sentinel
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster, Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
-from core.errors import StoreError
+from core.errors import StoreBusy, StoreError, StoreRefused
+
+# See Patience: hops through the event loop's ready queue between a timer falling due and the cancel.
+_HOPS = 3
 
 
 def _no_retry() -> Retry:
@@ -23,16 +31,81 @@ def _no_retry() -> Retry:
     return Retry(NoBackoff(), 0)
 
 
+class Patience:
+    """``asyncio.timeout(delay)`` that, once due, lets the event loop read its sockets once more before
+    it cancels.
+
+    A reply that reached the socket in time is not late. But when one pass of the loop takes long (a
+    burst of requests parsed and answered in one go), the timers that fell due meanwhile fire before
+    the tasks those replies woke get to run (libuv runs timers right after it polls the sockets), and a
+    plain timeout would cancel calls that Redis had answered. The hops span one more poll of the
+    sockets and the wakeups it queued; a call still unanswered then has truly timed out.
+    """
+
+    __slots__ = ("_delay", "_handle", "_loop", "_timeout")
+
+    def __init__(self, delay: float) -> None:
+        self._delay = delay
+
+    async def __aenter__(self) -> Patience:  # noqa: PYI034 - final in effect
+        self._loop = asyncio.get_running_loop()
+        self._timeout = asyncio.timeout(None)
+        await self._timeout.__aenter__()
+        self._handle = self._loop.call_later(self._delay, self._hop, _HOPS)
+        return self
+
+    async def __aexit__(self, *exc: object) -> bool | None:
+        self._handle.cancel()
+        return await self._timeout.__aexit__(*exc)
+
+    def _hop(self, left: int) -> None:
+        if left:
+            self._handle = self._loop.call_soon(self._hop, left - 1)
+        else:
+            self._timeout.reschedule(self._loop.time())
+
+
+class _Op:
+    """One call waiting for its answer: in the queue until a sender takes it, then on the wire."""
+
+    __slots__ = ("args", "future", "sent")
+
+    def __init__(self, args: tuple, future: asyncio.Future) -> None:
+        self.args = args
+        self.future = future
+        self.sent = False
+
+
 class RedisStore:
-    """:class:`core.store.Store` on Redis. Keys are ``prefix + key``."""
+    """:class:`core.store.Store` on Redis. Keys are ``prefix + key``.
+
+    Calls are sent in batches: whatever calls are waiting when a connection is free go together, as one
+    pipeline (one write, one read), on at most ``max_connections`` connections at once. Under a burst
+    this is what keeps up: each command sent alone costs the client a write, a read and a wakeup, and a
+    burst of hundreds of new calls would queue for longer than any short timeout. The commands stay
+    independent (no transaction): each gets its own answer or error.
+    """
 
     shared = True
+    BATCH = 256
+    """Most calls sent in one pipeline."""
 
-    def __init__(self, client: Any, prefix: str, timeout_s: float, sentinel: Sentinel | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prefix: str,
+        timeout_s: float,
+        sentinel: Sentinel | None = None,
+        max_connections: int = 64,
+    ) -> None:
         self._client = client
         self._prefix = prefix
         self._timeout = timeout_s
         self._sentinel = sentinel
+        self.max_connections = max_connections
+        self._queue: collections.deque[_Op] = collections.deque()
+        self._senders: set[asyncio.Task] = set()
+        self._starting = False
         # The async Cluster client loads its slot map on first use; many first commands at once would
         # each start loading it and trip over one another, so the first ones wait for one load.
         self._init_lock: asyncio.Lock | None = asyncio.Lock() if isinstance(client, RedisCluster) else None
@@ -48,30 +121,136 @@ class RedisStore:
         master: str = "",
         max_connections: int = 64,
     ) -> RedisStore:
-        """A store for a URL (``redis://``, ``rediss://``, ``unix://``), a Cluster node, or Sentinels.
-        Nothing is connected until the first call."""
-        options: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+        """A store for a URL (``redis://``, ``rediss://``, ``unix://``), a Cluster node, or Sentinels,
+        sending on at most ``max_connections`` connections. Nothing is connected until the first call."""
+        # The pool's own timeouts stay off: Patience bounds every call, connecting included, and the
+        # client's would fire first, and impatiently. No CLIENT SETINFO: a new connection costs one
+        # round trip less, which counts when a burst opens many at once.
+        options: dict[str, Any] = {
+            "socket_timeout": None,
+            "socket_connect_timeout": None,
+            "driver_info": None,
+        }
+        # One connection more than the senders use, for ping (see there).
+        size = max_connections + 1
         if sentinels:
             hosts = []
             for item in sentinels:
                 host, _, port = item.rpartition(":")
                 hosts.append((host or item, int(port or 26379)))
-            sentinel = Sentinel(hosts, sentinel_kwargs=dict(options), retry=_no_retry(), **options)
-            return cls(sentinel.master_for(master, retry=_no_retry()), prefix, timeout_s, sentinel)
+            asking = {
+                "socket_timeout": timeout_s,
+                "socket_connect_timeout": timeout_s,
+                "retry": _no_retry(),
+                "driver_info": None,
+            }
+            sentinel = Sentinel(hosts, sentinel_kwargs=asking, retry=_no_retry(), **options)
+            client = sentinel.master_for(master, retry=_no_retry(), max_connections=size)
+            return cls(client, prefix, timeout_s, sentinel, max_connections)
         if cluster:
-            return cls(RedisCluster.from_url(url, retry=_no_retry(), **options), prefix, timeout_s)
-        return cls(Redis.from_url(url, retry=_no_retry(), **options), prefix, timeout_s)
+            # max_connections is per node; the senders stay below it on all nodes together.
+            client = RedisCluster.from_url(url, retry=_no_retry(), max_connections=size, **options)
+            return cls(client, prefix, timeout_s, max_connections=max_connections)
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=size, timeout=timeout_s, retry=_no_retry(), **options
+        )
+        return cls(Redis.from_pool(pool), prefix, timeout_s, max_connections=max_connections)
 
-    async def _call(self, command: str, *args: Any, **kw: Any) -> Any:
+    async def _call(self, *args: Any) -> Any:
+        """Queue one command and wait for its answer: up to ``timeout_s`` for a connection (then
+        :class:`StoreBusy`: it was never sent), and up to ``timeout_s`` more once it is on the wire."""
+        op = _Op(args, asyncio.get_running_loop().create_future())
+        self._queue.append(op)
+        self._wake()
         try:
-            async with asyncio.timeout(self._timeout):
-                if self._init_lock is not None:
-                    async with self._init_lock:
-                        await self._client.initialize()
-                    self._init_lock = None
-                return await self._client.execute_command(command, *args, **kw)
+            try:
+                async with Patience(self._timeout):
+                    return await asyncio.shield(op.future)
+            except TimeoutError:
+                if op.sent:
+                    return await op.future  # on the wire: its sender bounds it
+                op.future.cancel()  # never sent, and now never will be
+                raise StoreBusy(
+                    f"redis {args[0]}: all {self.max_connections} connections stayed busy for "
+                    f"{self._timeout * 1000:g} ms"
+                ) from None
+        except asyncio.CancelledError:
+            op.future.cancel()  # cut short by the caller: if unsent, it never will be; if sent, its answer
+            raise  # goes nowhere
+
+    def _wake(self) -> None:
+        # One sender starting at a time: it takes every call queued by then, so calls made in one pass
+        # of the event loop go out together. More senders start while earlier ones are on the wire.
+        if self._starting or len(self._senders) >= self.max_connections:
+            return
+        self._starting = True
+        task = asyncio.get_running_loop().create_task(self._send())
+        self._senders.add(task)
+        task.add_done_callback(self._senders.discard)
+
+    async def _send(self) -> None:
+        self._starting = False
+        try:
+            while self._queue:
+                batch = []
+                while self._queue and len(batch) < self.BATCH:
+                    op = self._queue.popleft()
+                    if not op.future.done():
+                        op.sent = True
+                        batch.append(op)
+                if not batch:
+                    return
+                self._wake()  # calls still queued get a sender of their own, if one is free
+                await self._pipeline(batch)
+        finally:
+            if self._queue:
+                self._wake()
+
+    async def _pipeline(self, batch: list[_Op]) -> None:
+        try:
+            async with Patience(self._timeout):
+                await self._initialized()
+                if len(batch) == 1:  # a pipeline of one costs more than the command alone
+                    answers = [await self._client.execute_command(*batch[0].args)]
+                else:
+                    pipe = self._client.pipeline(transaction=False)
+                    for op in batch:
+                        pipe.execute_command(*op.args)
+                    answers = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreError(f"redis {command}: {exc.__class__.__name__}: {exc}") from exc
+            answers = [exc] * len(batch)
+        except BaseException as exc:  # the store closing, or a fault: every call still hears back
+            self._settle(batch, [exc] * len(batch))
+            raise
+        self._settle(batch, answers)
+
+    @staticmethod
+    def _settle(batch: list[_Op], answers: list[Any]) -> None:
+        for op, answer in zip(batch, answers, strict=True):
+            if op.future.done():
+                continue  # its caller stopped waiting
+            if isinstance(answer, BaseException):
+                kind = StoreRefused if isinstance(answer, ResponseError) else StoreError
+                error = kind(f"redis {op.args[0]}: {answer.__class__.__name__}: {answer}")
+                error.__cause__ = answer
+                op.future.set_exception(error)
+            else:
+                op.future.set_result(answer)
+
+    async def _initialized(self) -> None:
+        if self._init_lock is not None:
+            async with self._init_lock:
+                await self._client.initialize()
+            self._init_lock = None
+
+    async def _direct(self, *args: Any) -> Any:
+        try:
+            async with Patience(self._timeout):
+                await self._initialized()
+                return await self._client.execute_command(*args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            kind = StoreRefused if isinstance(exc, ResponseError) else StoreError
+            raise kind(f"redis {args[0]}: {exc.__class__.__name__}: {exc}") from exc
 
     async def get(self, key: str) -> bytes | None:
         return await self._call("GET", self._prefix + key)
@@ -89,9 +268,16 @@ class RedisStore:
         return int(await self._call("INCR", self._prefix + key))
 
     async def ping(self) -> None:
-        await self._call("PING")
+        # Past the queue, on the pool's spare connection: whether Redis answers is asked of Redis itself,
+        # not of the calls ahead, so a busy pool never looks like an outage.
+        await self._direct("PING")
 
     async def close(self) -> None:
+        for task in list(self._senders):
+            task.cancel()
+        self._starting = False
+        while self._queue:
+            self._queue.popleft().future.cancel()
         try:
             await self._client.aclose()
         except (RedisError, OSError):

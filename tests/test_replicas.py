@@ -89,8 +89,9 @@ def test_fifty_identical_requests_across_two_processes_allocate_once(start_gatew
 
     async def burst():
         async with httpx.AsyncClient(timeout=10) as client:
-            return await asyncio.gather(*(client.post(f"{(a, b)[i % 2].url}/call/request", json=body)
-                                          for i in range(50)))
+            return await asyncio.gather(
+                *(client.post(f"{(a, b)[i % 2].url}/call/request", json=body) for i in range(50))
+            )
 
     answers = asyncio.run(burst())
     assert {r.status_code for r in answers} == {201}
@@ -132,8 +133,10 @@ def test_redis_killed_mid_traffic(start_gateway, own_redis):
                     r = client.post("/smartrouting", json={"anum": "+358501231234"})
                     ok = r.status_code == 200 and r.json() == {"InitialTarget": "VIP", "ExtraPriority": 100}
                 else:
-                    r = client.post("/call/request", json={"callID": f"k-{i}", "rclassification": "Sales",
-                                                           "callTime": "1"})
+                    r = client.post(
+                        "/call/request",
+                        json={"callID": f"k-{i}", "rclassification": "Sales", "callTime": "1"},
+                    )
                     ok = r.status_code == 201 and r.json()["success"] is True
                 results.append((ok, time.perf_counter() - t))
                 i += 1
@@ -166,9 +169,13 @@ def test_redis_killed_mid_traffic(start_gateway, own_redis):
 
 
 def test_deadline_answers_while_redis_hangs(start_gateway, own_redis):
-    # Redis holding every command (CLIENT PAUSE) longer than the deadline, each Redis call allowed longer still:
-    # the deadline is what answers, for both protocols, and on time.
-    text = redis_config(own_redis.url).replace("timeout_ms = 100", "timeout_ms = 3000") + """
+    # Redis holding every command (CLIENT PAUSE) longer than the deadline; a call to each protocol at
+    # once. Each Redis call may take 250 ms of the 300 ms deadline, and then Redis is asked (a ping,
+    # which hangs too) whether it is down: the deadline is what answers, for both protocols, and on
+    # time. Redis is then found down, and the next call is answered in process at once.
+    text = (
+        redis_config(own_redis.url).replace("timeout_ms = 100", "timeout_ms = 250")
+        + """
 [server]
 deadline_ms = 300
 
@@ -177,17 +184,37 @@ name = "pool"
 when = { protocol = "smartrouting", service = "POOL" }
 then = { service = "Sales", extra_priority = 1 }
 """
+    )
     gw = start_gateway(text)
-    own_redis.client().execute_command("CLIENT", "PAUSE", "2000")
-    began = time.perf_counter()
-    r = gw.eml({"callID": "slow-1", "rclassification": "Sales", "callTime": "1"})
-    eml_took = time.perf_counter() - began
-    began = time.perf_counter()
-    s = gw.smartrouting({"anum": "+3584", "targetid": "POOL"})
-    sr_took = time.perf_counter() - began
+    own_redis.client().execute_command("CLIENT", "PAUSE", "4000")
+
+    async def both():
+        async with httpx.AsyncClient(base_url=gw.url, timeout=5) as client:
+
+            async def timed(path, body):
+                began = time.perf_counter()
+                return await client.post(path, json=body), time.perf_counter() - began
+
+            return await asyncio.gather(
+                timed("/call/request", {"callID": "slow-1", "rclassification": "Sales", "callTime": "1"}),
+                timed("/smartrouting", {"anum": "+3584", "targetid": "POOL"}),
+            )
+
+    (r, eml_took), (s, sr_took) = asyncio.run(both())
     assert r.status_code == 201 and r.json()["number"] in ORDER and r.json()["success"] is True
     assert s.status_code == 204
     assert eml_took < 0.45 and sr_took < 0.45, (eml_took, sr_took)
     assert '"fallback":"deadline"' in gw.logs()
     metrics = gw.client.get("/metrics").text
     assert 'routing_fallbacks_total{reason="deadline"} 2.0' in metrics
+    # Found down (Redis still paused): readiness says so, and the in-process store answers.
+    deadline = time.monotonic() + 5
+    while '"event":"store degraded"' not in gw.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert '"event":"store degraded"' in gw.logs()
+    assert gw.client.get("/readyz").json()["status"] == "degraded"
+    began = time.perf_counter()
+    r = gw.eml({"callID": "slow-2", "rclassification": "Sales", "callTime": "1"})
+    assert r.status_code == 201 and r.json()["success"] is True
+    assert time.perf_counter() - began < 0.25
+    assert 'routing_fallbacks_total{reason="deadline"} 2.0' in gw.client.get("/metrics").text

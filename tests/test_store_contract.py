@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 import uuid
 
 import pytest
+import uvloop
 
 from core.decide import Context, RuleBase, decide
+from core.errors import StoreBusy, StoreError
 from core.failover import FailoverStore
 from core.query import RoutingQuery
-from core.redis_store import RedisStore
+from core.redis_store import Patience, RedisStore
 from core.services import Service
 from core.store import MemoryStore
 
@@ -140,6 +144,15 @@ async def test_shared_says_whether_other_processes_read_it(store):
     assert store.shared is (not isinstance(store, MemoryStore))
 
 
+async def test_many_concurrent_calls_each_get_their_own_answer(store):
+    # A burst larger than any pool: every call is answered, and each with its own answer.
+    await asyncio.gather(*(store.set(f"m{i}", str(i).encode(), 10) for i in range(600)))
+    got = await asyncio.gather(*(store.get(f"m{i}") for i in range(600)))
+    assert got == [str(i).encode() for i in range(600)]
+    claims = await asyncio.gather(*(store.add(f"m{i % 300}", b"x", 10) for i in range(600)))
+    assert claims == [False] * 600
+
+
 # --- the in-process store: bounded, expired values reclaimed, evictions told ---------------------
 
 
@@ -227,7 +240,128 @@ async def test_memory_eviction_of_an_expired_value_is_not_told():
     await s.close()
 
 
-# --- one answer per call ------------------------------------------------------------------------
+# --- Redis: a sized pool, and load never taken for an outage -------------------------------------
+
+
+def connections(server) -> int:
+    """Clients connected to ``server``, the one asking not counted."""
+    return len(server.client().client_list()) - 1
+
+
+async def test_redis_sends_on_at_most_max_connections(own_redis):
+    s = RedisStore.connect(own_redis.url, "p:", 1.0, max_connections=3)
+    values = await asyncio.gather(*(s.incr("n") for _ in range(2000)))
+    assert sorted(values) == list(range(1, 2001))
+    assert connections(own_redis) <= 3
+    await s.ping()  # past the queue, on the one connection kept for it
+    assert connections(own_redis) <= 4
+    await s.close()
+
+
+async def test_full_pool_waits_then_is_busy_and_never_opens_the_circuit(own_redis):
+    # One connection, one call at a time on it; Redis holds writes (CLIENT PAUSE ... WRITE) and answers
+    # everything else. Two writes take the connection in turn (0 to 0.3 s, then 0.3 to 0.6 s); a read
+    # queued at 0.2 s waits its 0.3 s for the connection and gives up unsent. None of it is an outage:
+    # Redis answers a ping all along.
+    redis = RedisStore.connect(own_redis.url, "b:", 0.3, max_connections=1)
+    redis.BATCH = 1
+    s = FailoverStore(redis, MemoryStore(), 0.1)
+    await s.set("r", b"read me", 60)
+    own_redis.client().execute_command("CLIENT", "PAUSE", "2000", "WRITE")
+    loop = asyncio.get_running_loop()
+    writes = []
+    for i in range(2):
+        writes.append(asyncio.ensure_future(s.set(f"w{i}", b"v", 60)))
+        await asyncio.sleep(0.1)
+    began = loop.time()
+    with pytest.raises(StoreBusy):
+        await s.get("r")
+    assert 0.25 < loop.time() - began < 1.0
+    for write in writes:
+        with pytest.raises(StoreError) as failed:
+            await write  # each timed out on the wire; whether it landed is unknown, so the caller is told
+        assert not isinstance(failed.value, StoreBusy)
+    assert s.status() == "ok" and s.failures == 2 and s.suspicions >= 1
+    own_redis.client().execute_command("CLIENT", "UNPAUSE")
+    assert await s.get("r") == b"read me"
+    await s.close()
+
+
+async def test_deadline_cutting_a_redis_call_short_counts_as_its_failure(own_redis):
+    # Redis holding every command; the caller's own deadline (0.1 s) is far shorter than the store's
+    # timeout (1 s): the cut-short call still counts, Redis is asked, and the circuit opens.
+    s = FailoverStore(RedisStore.connect(own_redis.url, "d:", 1.0), MemoryStore(), 0.2)
+    await s.ping()
+    own_redis.client().execute_command("CLIENT", "PAUSE", "3000")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await s.get("k")
+    assert s.suspicions == 1
+    assert await wait_for(lambda: s.status() == "degraded", timeout=5)
+    assert await s.get("k") is None  # in process now, at once
+    await s.close()
+
+
+async def test_failed_call_waits_for_the_verdict_and_goes_on_in_process(own_redis):
+    s = FailoverStore(RedisStore.connect(own_redis.url, "v:", 0.2), MemoryStore(), 5)
+    assert await s.incr("rr") == 1
+    own_redis.client().execute_command("CLIENT", "PAUSE", "3000")
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    assert await s.incr("rr") == 1  # timed out, Redis did not answer the ping either: in process
+    assert s.status() == "degraded"
+    assert loop.time() - began < 1.0  # two Redis timeouts, give or take
+    own_redis.client().execute_command("CLIENT", "UNPAUSE")
+    await s.close()
+
+
+async def _answered_while_stuck(timeout_cls) -> str:
+    """An answer sent just before the event loop gets stuck past the timeout (one callback blocking
+    0.2 s, as a pass over hundreds of requests can): when the loop comes back, it reads the answer and,
+    in the same pass, fires the due timer, before the task the answer woke gets to run."""
+    loop = asyncio.get_running_loop()
+    answer = loop.create_future()
+    mine, theirs = socket.socketpair()
+
+    class Reader(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            if not answer.done():
+                answer.set_result(data.decode())
+
+    transport, _ = await loop.connect_accepted_socket(Reader, mine)
+
+    def stuck() -> None:
+        theirs.send(b"answered")
+        time.sleep(0.2)
+
+    loop.call_soon(stuck)
+    try:
+        async with timeout_cls(0.1):
+            return await answer
+    except TimeoutError:
+        return "timed out"
+    finally:
+        transport.close()
+        theirs.close()
+
+
+@pytest.mark.parametrize("run", [uvloop.run, asyncio.run], ids=["uvloop", "asyncio"])
+def test_patience_reads_the_sockets_before_it_times_out(run):
+    assert run(_answered_while_stuck(asyncio.timeout)) == "timed out"  # what Patience is for
+    assert run(_answered_while_stuck(Patience)) == "answered"
+
+    async def never_answered() -> float:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(TimeoutError):
+            async with Patience(0.1):
+                await loop.create_future()
+        return loop.time() - began
+
+    assert 0.09 < run(never_answered()) < 1.0
+
+
+# --- one answer per call, whatever the store does ------------------------------------------------
 
 POOL = Service(numbers=["100", "101", "102"], strategy="round_robin")
 
@@ -240,6 +374,59 @@ def eml_call(call_id: str) -> RoutingQuery:
 
 def context(store) -> Context:
     return Context(rules=RuleBase(services={"Sales": POOL}), store=store, flights={})
+
+
+class LostAnswers:
+    """A store in process whose first answers to ``lose`` calls are lost on the way back, after the call
+    took effect: what a Redis call that timed out on the wire may have done. (A real Redis cannot be
+    made to drop one reply on cue.)"""
+
+    shared = False
+
+    def __init__(self, lose: str, times: int = 1) -> None:
+        self.inner = MemoryStore()
+        self._lose = lose
+        self._left = times
+
+    def __getattr__(self, name):
+        method = getattr(self.inner, name)
+        if name != self._lose:
+            return method
+
+        async def lossy(*args):
+            result = await method(*args)
+            if self._left:
+                self._left -= 1
+                raise StoreError(f"{name}: answer lost")
+            return result
+
+        return lossy
+
+
+async def test_claim_whose_answer_was_lost_is_read_back_and_kept():
+    # The claim landed, its answer did not: the call reads back that the claim is its own and goes on,
+    # instead of failing (and being allocated again on its retry) or waiting on itself.
+    store = LostAnswers("add")
+    ctx = context(store)
+    first = await decide(eml_call("c1"), ctx, remember_s=60)
+    assert first.target == "100" and not first.replayed
+    again = await decide(eml_call("c1"), ctx, remember_s=60)
+    assert (again.target, again.id, again.replayed) == ("100", first.id, True)
+    assert await store.get("rr:Sales") == b"1"
+
+
+async def test_record_write_that_fails_once_is_written_again():
+    store = LostAnswers("set")
+    ctx = context(store)
+    first = await decide(eml_call("c1"), ctx, remember_s=60)
+    again = await decide(eml_call("c1"), ctx, remember_s=60)
+    assert (again.target, again.id, again.replayed) == (first.target, first.id, True)
+
+
+async def test_record_write_that_keeps_failing_still_answers_with_the_decision():
+    store = LostAnswers("set", times=10)
+    first = await decide(eml_call("c1"), context(store), remember_s=60)
+    assert first.target == "100" and first.fallback is None
 
 
 async def test_in_process_store_keeps_one_entry_per_call_and_tells_evictions():
@@ -261,3 +448,15 @@ async def test_redis_keeps_each_call_by_mqid_too(redis_server):
     assert kinds == ["call", "mq", "rr"]
     assert redis_server.client().get(f"{prefix}mq:{decision.id}") is not None
     await store.close()
+
+
+async def test_refused_call_opens_the_circuit_without_asking(own_redis):
+    # Redis out of memory answers every ping and refuses every write: that is not a slow call to
+    # confirm, it is a Redis that cannot serve, and the writes go on in process.
+    s = FailoverStore(RedisStore.connect(own_redis.url, "o:", 1.0), MemoryStore(), 5)
+    await s.ping()
+    own_redis.client().config_set("maxmemory", "1")
+    own_redis.client().config_set("maxmemory-policy", "noeviction")
+    assert await s.incr("rr") == 1
+    assert s.status() == "degraded" and s.suspicions == 0
+    await s.close()

@@ -73,9 +73,22 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), *self.args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary("redis-server"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                *self.args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         end = time.monotonic() + 10
         while not _ping(self.port):
@@ -98,12 +111,25 @@ class RedisCluster:
     """Three masters, slots split by ``redis-cli --cluster create``."""
 
     def __init__(self, workdir: Path) -> None:
-        self.nodes = [RedisServer(workdir, "--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
-                                  port=cluster_port()) for _ in range(3)]
+        self.nodes = [
+            RedisServer(
+                workdir, "--cluster-enabled", "yes", "--cluster-node-timeout", "2000", port=cluster_port()
+            )
+            for _ in range(3)
+        ]
         subprocess.run(
-            [binary("redis-cli"), "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
-             "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=30,
+            [
+                binary("redis-cli"),
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
         )
         end = time.monotonic() + 15
         while time.monotonic() < end:
@@ -133,8 +159,11 @@ class RedisSentinel:
             f"port {self.port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {self.master.port} 1\n"
             "sentinel down-after-milliseconds mymaster 2000\n"
         )
-        self.proc = subprocess.Popen([binary("redis-server"), str(conf), "--sentinel"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [binary("redis-server"), str(conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         end = time.monotonic() + 10
         while not _ping(self.port):
             if self.proc.poll() is not None or time.monotonic() > end:

@@ -460,3 +460,18 @@ async def test_refused_call_opens_the_circuit_without_asking(own_redis):
     assert await s.incr("rr") == 1
     assert s.status() == "degraded" and s.suspicions == 0
     await s.close()
+
+
+async def test_failover_ping_never_raises(redis_server):
+    # Start-up asks the store whether Redis answers; one lost ping while Redis answers the next is no
+    # reason to fail start-up, nor to take Redis for down.
+    class FirstPingLost(LostAnswers):
+        def __init__(self) -> None:
+            self.inner = RedisStore.connect(redis_server.url, "fp:", 1.0)
+            self._lose = "ping"
+            self._left = 1
+
+    s = FailoverStore(FirstPingLost(), MemoryStore(), 5)
+    await s.ping()
+    assert s.status() == "ok" and s.suspicions == 1
+    await s.close()

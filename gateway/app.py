@@ -98,9 +98,28 @@ class Runtime:
         self.max_body = cfg.server.max_body_bytes
 
 
+def _evicted(max_entries: int) -> Callable[[str, float], None]:
+    """Counts each value the in-process store drops for room inside its TTL; logs at most a line a second.
+    Runs inside the store's ``set``, so it stays cheap."""
+    last, since = 0.0, 0
+
+    def told(kind: str, ttl_left_s: float) -> None:
+        nonlocal last, since
+        metrics.STORE_EVICTIONS.inc()
+        since += 1
+        now = time.monotonic()
+        if now - last >= 1.0:
+            # A call record dropped inside its retry window could be allocated twice on a retry.
+            event("store evicted", logging.WARNING, kind=kind, ttl_left_s=round(ttl_left_s), evicted=since,
+                  max_entries=max_entries, note="raise store.max_entries")
+            last, since = now, 0
+
+    return told
+
+
 def make_store(cfg: config_mod.StoreConfig) -> Store:
     """Redis (with the in-process store behind it for when Redis fails) when configured, else in process."""
-    memory = MemoryStore(cfg.max_entries)
+    memory = MemoryStore(cfg.max_entries, on_evict=_evicted(cfg.max_entries))
     if not cfg.redis_url and not cfg.sentinels:
         return memory
     redis = RedisStore.connect(
@@ -219,8 +238,8 @@ async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, hea
     except TimeoutError:
         decision = fallback(query, rt.ctx.rules, "deadline")
     except StoreError:
-        # The store could not answer this call (its pool stayed full for the whole wait): the call is
-        # answered as at the deadline, and Redis is not taken for down.
+        # The store could not answer this call (its pool stayed full for the whole wait, or a Redis call
+        # failed while Redis still answers a ping): answered as at the deadline; Redis is not taken for down.
         decision = fallback(query, rt.ctx.rules, "store")
     reply = a.render(decision, query)
     note.update(

@@ -372,3 +372,17 @@ then = { target = "SECOND" }
     r = gw.client.post("/call/request", json={"callID": "x1", "rclassification": "Sales", "callTime": "1"},
                        headers=EML)
     assert r.json()["number"] == "100"
+
+
+def test_in_process_store_evictions_are_counted_and_logged(start_gateway):
+    # A store too small for the calls it must remember: each record dropped inside its retry window is
+    # counted, and the operator is told to raise max_entries.
+    gw = start_gateway("[store]\nmax_entries = 100\n" + rule_config("E"), env=SECRETS)
+    for i in range(150):
+        r = gw.client.post("/call/request", json={"callID": f"ev{i}", "rclassification": "Sales", "callTime": "1"},
+                           headers=EML)
+        assert r.status_code == 201
+    assert value(samples(gw), "routing_store_evictions_total") == 50
+    assert wait_for(lambda: '"event":"store evicted"' in gw.logs())
+    line = next(json.loads(x) for x in gw.logs().splitlines() if '"event":"store evicted"' in x)
+    assert line["kind"] == "call" and line["max_entries"] == 100

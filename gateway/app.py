@@ -258,9 +258,12 @@ def create_app(
     *,
     store: Store | None = None,
     clock: Callable[[], dt.datetime] = utc_now,
+    worker: bool = False,
 ) -> Starlette:
     """The gateway as an ASGI app. ``config`` is a path or a loaded config (default: ``$ROUTING_GATEWAY_CONFIG``,
-    else ``config.toml``); ``store`` and ``clock`` replace the configured ones, for tests."""
+    else ``config.toml``); ``store`` and ``clock`` replace the configured ones, for tests. A ``worker`` (one
+    of ``--workers N``) logs ``worker started`` once it can answer; a single process is announced by the
+    server once its socket is bound."""
     if config is None:
         config = os.environ.get(CONFIG_ENV, "config.toml")
     loaded = config if isinstance(config, config_mod.Loaded) else config_mod.load(Path(config))
@@ -290,8 +293,9 @@ def create_app(
         reloader = Reloader(lambda: state.runtime.loaded, swap)
         reloader.install()
         state.ready = True
-        event("started", config=str(loaded.path), version=loaded.version, pid=os.getpid(),
-              store=store_status(the_store))
+        if worker:
+            # The supervisor bound the socket before starting the workers: this one now takes requests.
+            event("worker started", config=str(loaded.path), version=loaded.version, store=store_status(the_store))
         try:
             yield
         finally:
@@ -303,7 +307,7 @@ def create_app(
             await http.aclose()
             await the_store.close()
             metrics.worker_exit(os.getpid())
-            event("stopped", pid=os.getpid())
+            event("stopped")
             # A worker is ended by its signal re-raised right after this: write the queued lines first.
             await asyncio.to_thread(flush_logs)
 
@@ -403,8 +407,17 @@ def create_app(
     return app
 
 
+def describe(app: Starlette) -> dict[str, str]:
+    """What the running app serves, for the server's ``started`` line."""
+    state: State = app.state.gateway
+    rt = state.runtime
+    if rt is None:
+        return {}
+    return {"config": str(rt.loaded.path), "version": rt.loaded.version, "store": store_status(rt.ctx.store)}
+
+
 def from_env() -> Starlette:
     """Factory for uvicorn workers: the config path comes in ``$ROUTING_GATEWAY_CONFIG``.
     Workers are fresh processes, so each sets up its own logging."""
     setup_logs()
-    return create_app(os.environ.get(CONFIG_ENV, "config.toml"))
+    return create_app(os.environ.get(CONFIG_ENV, "config.toml"), worker=True)

@@ -17,9 +17,10 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
-from gateway.app import CONFIG_ENV, create_app
+from gateway.app import CONFIG_ENV, create_app, describe
 from gateway.config import Loaded, ServerConfig
 from gateway.connection import Connection, Limits
+from gateway.logs import event
 from gateway.metrics import MULTIPROCESS_ENV
 
 logger = logging.getLogger("uvicorn.error")
@@ -43,7 +44,15 @@ class Config(uvicorn.Config):
 
 class Server(uvicorn.Server):
     """uvicorn's server, but a stop asked for with SIGTERM or SIGINT ends the process normally (exit
-    code 0), instead of by the signal re-raised once shutdown is done."""
+    code 0), instead of by the signal re-raised once shutdown is done; and ``started`` is logged only
+    once the socket is bound (a busy port gives an error, never a ``started`` line first)."""
+
+    async def startup(self, sockets: list | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            bound = self.servers[0].sockets[0].getsockname() if self.servers else (self.config.host, self.config.port)
+            event("started", host=self.config.host, port=bound[1], scheme=_scheme(self.config), workers=1,
+                  **describe(self.config.app))
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -72,6 +81,10 @@ class Supervisor(Multiprocess):
                 logger.error("Worker [%s] did not stop in time; killed", process.pid)
                 process.kill()
                 process.process.join()
+
+
+def _scheme(config: uvicorn.Config) -> str:
+    return "https" if config.ssl_certfile else "http"
 
 
 def options(server: ServerConfig) -> tuple[Limits, dict[str, Any]]:
@@ -124,7 +137,10 @@ def serve(
         os.environ[MULTIPROCESS_ENV] = metrics_dir
         config = Config("gateway.app:from_env", factory=True, workers=workers, limits=limits, **opts)
         try:
-            Supervisor(config, sockets=[config.bind_socket()]).run()
+            sock = config.bind_socket()
+            event("started", host=config.host, port=sock.getsockname()[1], scheme=_scheme(config), workers=workers,
+                  config=str(loaded.path), version=loaded.version)
+            Supervisor(config, sockets=[sock]).run()
         finally:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     else:

@@ -416,6 +416,25 @@ def test_a_busy_port_is_reported_in_json(tmp_path):
     assert run.stdout == ""
     lines = check_lines(run.stderr)
     assert any(x["level"] == "error" and "address already in use" in x["event"] for x in lines), run.stderr
+    # Nothing claims to have started: "started" is logged only once the socket is bound.
+    assert not any(x["event"] in ("started", "worker started") for x in lines), run.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("workers", [1, 2])
+def test_started_says_where_it_listens(start_gateway, workers):
+    gw = start_gateway(CONFIG, "--workers", str(workers), env=ENV)
+    deadline = time.monotonic() + 10  # lines are written behind: wait for it
+
+    def started() -> list[dict]:
+        return [json.loads(x) for x in gw.logs().splitlines() if '"event":"started"' in x]
+
+    while not started() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(started()) == 1
+    line = started()[0]
+    assert (line["host"], line["port"], line["scheme"], line["workers"]) == ("127.0.0.1", gw.port, "http", workers)
+    assert line["pid"] == gw.proc.pid and line["version"] == gw.client.get("/readyz").json()["config"]["version"]
 
 
 def pending(fd: int) -> int:
@@ -474,7 +493,7 @@ def test_a_stalled_stderr_does_not_stop_webhooks(tmp_path):
 def test_workers_write_their_last_lines(start_gateway):
     gw = start_gateway(CONFIG, "--workers", "2", env=ENV)
     deadline = time.monotonic() + 30
-    while gw.logs().count('"event":"started"') < 2 and time.monotonic() < deadline:
+    while gw.logs().count('"event":"worker started"') < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert gw.smartrouting({"anum": "+358501231234"}, headers=SR).status_code == 200
     gw.stop()

@@ -125,7 +125,7 @@ def _pids(gw, event: str) -> set[int]:
 def test_metrics_are_summed_across_workers(start_gateway, redis_server):
     store = f'[store]\nredis_url = "{redis_server.url}"\nkey_prefix = "w{uuid.uuid4().hex[:6]}:"\n'
     gw = start_gateway(store + rule_config("VIP"), "--workers", "2", env=SECRETS)
-    assert wait_for(lambda: len(_pids(gw, "started")) == 2)
+    assert wait_for(lambda: len(_pids(gw, "worker started")) == 2)
     # New connections until both workers have answered some (the kernel spreads them), then every scrape,
     # whichever worker answers it, counts all of them.
     sent = 0

@@ -106,9 +106,9 @@ def test_workers_share_state_through_redis(start_gateway, redis_server):
     assert_rotation(numbers)
     # Both workers started, and both answered.
     deadline = time.monotonic() + 5
-    while gw.logs().count('"event":"started"') < 2 and time.monotonic() < deadline:
+    while gw.logs().count('"event":"worker started"') < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert gw.logs().count('"event":"started"') == 2
+    assert gw.logs().count('"event":"worker started"') == 2
 
 
 def test_sentinel(start_gateway, sentinel):

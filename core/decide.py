@@ -130,7 +130,9 @@ async def apply(
             fields["service"] = query.service
     if fields.get("target"):
         fields["id"] = str(uuid6.uuid7())
-    return Decision(rule=None if rule is None else rule.name, **{k: v for k, v in fields.items() if v})
+    # What a rule leaves unset (or a template renders empty) is dropped; 0 is a priority, not "unset".
+    kept = {k: v for k, v in fields.items() if v is not None and v is not False and v != "" and v != ()}
+    return Decision(rule=None if rule is None else rule.name, **kept)
 
 
 def fallback(query: RoutingQuery, rules: RuleBase, reason: str) -> Decision:

@@ -180,3 +180,18 @@ def test_shipped_config_routes_the_seed_vip():
     q = RoutingQuery(protocol="smartrouting", caller="+358501231234", dialed="+4612312345", service="SALES_QUEUE")
     d = asyncio.run(decide(q, ctx(loaded.rules, MONDAY_10)))
     assert d.rule == "vip-to-own-agent" and d.required_agent == "agent1@customer.com"
+
+
+async def test_priority_zero_is_answered(tmp_path):
+    # 0 is in range and means something: alone or beside a target, it reaches the reply.
+    from adapters import smartrouting
+
+    path = tmp_path / "p.toml"
+    path.write_text('[[rules]]\nname = "calm"\nwhen = { service = "A" }\nthen = { priority = 0 }\n'
+                    '[[rules]]\nname = "calm-q"\nwhen = { service = "B" }\nthen = { target = "Q", extra_priority = 0 }\n')
+    base = load(path).rules
+    alone = await decide(RoutingQuery(protocol="smartrouting", service="A"), ctx(base))
+    assert smartrouting.render(alone, RoutingQuery(protocol="smartrouting")).body == b'{"Priority":0}'
+    beside = await decide(RoutingQuery(protocol="smartrouting", service="B"), ctx(base))
+    assert smartrouting.render(beside, RoutingQuery(protocol="smartrouting")).body == (
+        b'{"InitialTarget":"Q","ExtraPriority":0}')

@@ -201,6 +201,18 @@ def _request_id(headers: dict[str, str]) -> str:
     return made if not made.isdigit() else "r" + made[1:]
 
 
+def _source(scope: dict, rt: Runtime):
+    """The client's address, for the allow-lists: the peer, or behind trusted proxies the address they
+    forwarded. Every X-Forwarded-For line counts, in order, as one list: a proxy may add a line of its own,
+    and reading only one of them would let a client's own line decide."""
+    peer = scope.get("client")
+    forwarded = None
+    if rt.trusted:
+        lines = [v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"x-forwarded-for"]
+        forwarded = ", ".join(lines) or None
+    return client_address(peer[0] if peer else None, forwarded, rt.trusted)
+
+
 async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, headers: dict):
     """Run one webhook through its adapter and the core. Returns the reply and what to log."""
     a = ep.adapter
@@ -210,8 +222,7 @@ async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, hea
     if scope["method"] != "POST":
         note["outcome"] = "method"
         return a.error("method", scope["method"], _target(scope)), note
-    peer = scope.get("client")
-    addr = client_address(peer[0] if peer else None, headers.get("x-forwarded-for"), rt.trusted)
+    addr = _source(scope, rt)
     if not allowed(addr, ep.networks):
         note["outcome"] = "forbidden"
         return a.error("forbidden"), note
@@ -359,9 +370,7 @@ def create_app(
         rt = state.runtime
         if rt is None:
             return None
-        peer = request.scope.get("client")
-        addr = client_address(peer[0] if peer else None, request.headers.get("x-forwarded-for"), rt.trusted)
-        if allowed(addr, rt.ops_networks):
+        if allowed(_source(request.scope, rt), rt.ops_networks):
             return None
         return Response(b'{"error":"source address not allowed"}', status_code=403, media_type="application/json")
 

@@ -270,6 +270,10 @@ def test_operational_endpoints_answer_only_ops_networks(start_gateway):
         assert outside.json() == {"error": "source address not allowed"}
     # The webhooks keep their own allow-lists (none here).
     assert vip(gw, headers={"X-Forwarded-For": "203.0.113.9"}).json() == {"InitialTarget": "P"}
+    # Two X-Forwarded-For lines (a proxy adding its own) read as one list: the last one names the client.
+    two = [("X-Forwarded-For", "10.2.3.4"), ("X-Forwarded-For", "203.0.113.9")]
+    assert gw.client.get("/metrics", headers=two).status_code == 403
+    assert gw.client.get("/metrics", headers=list(reversed(two))).status_code == 200
 
 
 def test_graceful_shutdown_finishes_in_flight_webhooks(start_gateway, crm):

@@ -125,6 +125,14 @@ def _substitute(value: Any, path: str, problems: list[str]) -> Any:
     return value
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _sendable(value: str) -> bool:
+    """Whether an HTTP header can carry ``value``: no control characters but tab."""
+    return all(c == "\t" or (c >= " " and c != "\x7f") for c in value)
+
+
 def _networks(items: list[str], path: str, problems: list[str]) -> None:
     for i, text in enumerate(items):
         try:
@@ -176,6 +184,8 @@ def _semantics(
             elif key != key.strip(" \t"):
                 # Clients' keys are trimmed before they are compared: this one could never match.
                 problems.append(f"{name}.api_keys[{i}]: spaces or tabs around a key are not part of it")
+            elif not _sendable(key):
+                problems.append(f"{name}.api_keys[{i}]: a control character (a line break?) no client can send")
     for user, password in cfg.smartrouting.basic_auth.items():
         if not password:
             problems.append(f"{key_path('smartrouting.basic_auth', user)}: empty password")
@@ -202,6 +212,13 @@ def _semantics(
             problems.append("lookup.url: must contain {caller}, where the caller's number goes")
         if not cfg.lookup.tags_field:
             problems.append("lookup.tags_field: must not be empty")
+        for header, value in cfg.lookup.headers.items():
+            where = key_path("lookup.headers", header)
+            if not _TOKEN.fullmatch(header):
+                problems.append(f"{where}: not a valid header name")
+            if not (value.isascii() and _sendable(value)):
+                # Never sent: every lookup would fail before reaching the CRM (and be blamed on it).
+                problems.append(f"{where}: a header value is ASCII without control characters")
 
     hours = {}
     for name, sched in cfg.schedules.items():

@@ -37,18 +37,23 @@ MAX_CHARS = 256  # per string value (SPEC section 8)
 MAX_ITEMS = 50  # per list; a reload refused by more problems says how many more
 MAX_DEPTH = 4
 QUEUE_LINES = 10_000  # lines waiting for stderr; beyond, lines are dropped and counted
-FLUSH_S = 2.0  # at exit, how long to wait for the queue to reach stderr
+FLUSH_S = 0.8  # at exit, how long in all to wait for the queue to reach stderr (within shutdown's last second)
 STACK_FRAMES = 6
 
-# A phone number as people and platforms write one: at least 7 digits, with up to two spaces, dashes,
-# slashes or brackets between two digits. After a "+" (or a URL-encoded one, %2B) it is one wherever it
-# stands. Without, it must stand alone, not inside a word or a hex id (a request id, a UUID, a config
-# version), and an ISO date (not followed by more digits) is not one.
+# A phone number as people and platforms write one: at least 7 digits, with any separators between two
+# digits that core.numbers.normalise drops (any white space, dots, dashes, slashes, brackets), so that
+# whatever the gateway reads as a caller is masked in a line too. After a "+" (or a URL-encoded one, %2B)
+# it is one wherever it stands. Without, it must stand alone, not inside a word or a hex id (a request id,
+# a UUID, a config version); an ISO date and a dotted IPv4 address (neither followed by more digits)
+# are not one.
+_SEP = r"[\s().\u00a0/-]*"
 _PHONE = re.compile(
-    r"""
-      (?: \+ | (?<=%2[Bb]) ) \d (?: [ \t\u00a0/()-]{0,2} \d ){6,}
-    | (?<! [0-9A-Za-z] ) (?! \d{4}-[01]\d-[0-3]\d (?! [ \t\u00a0/()-]{0,2} \d ) )
-      \d (?: [ \t\u00a0/()-]{0,2} \d ){6,} (?! [0-9A-Za-z] )
+    rf"""
+      (?: \+ | (?<=%2[Bb]) ) {_SEP} \d (?: {_SEP} \d ){{6,}}
+    | (?<! [0-9A-Za-z] ) (?<! \d\. )
+      (?! \d{{4}}-[01]\d-[0-3]\d (?! {_SEP} \d ) )
+      (?! \d{{1,3}} (?: \.\d{{1,3}} ){{3}} (?! [\d.] ) )
+      \d (?: {_SEP} \d ){{6,}} (?! [0-9A-Za-z] )
     """,
     re.VERBOSE,
 )
@@ -286,6 +291,7 @@ class Output:
         q: queue.SimpleQueue = queue.SimpleQueue()
         self.handler = _Behind(q, lines)
         self.writer = _Writer(q, fd)
+        self.stalled = False
 
     def start(self) -> Output:
         self.writer.start()
@@ -293,10 +299,14 @@ class Output:
 
     def flush(self, timeout: float = FLUSH_S) -> bool:
         """Wait (up to ``timeout``) until every line queued so far is written. False if the output did not
-        take them in time."""
+        take them in time: after that, later flushes do not wait again (a stalled stderr must not stretch
+        a shutdown once per flush)."""
+        if self.stalled:
+            return False
         done = threading.Event()
         self.writer.queue.put(done)
-        return done.wait(timeout)
+        self.stalled = not done.wait(timeout)
+        return not self.stalled
 
 
 _output: Output | None = None

@@ -21,7 +21,8 @@ from gateway.logs import event
 
 # Changing these needs a restart: they shape the process (listening socket, TLS, workers, store).
 RESTART_ONLY = ("server.host", "server.port", "server.workers", "server.tls_cert", "server.tls_key",
-                "server.access_log", "store")
+                "server.access_log", "server.max_header_bytes", "server.max_headers", "server.read_timeout_ms",
+                "server.keepalive_timeout_s", "server.max_connections", "server.shutdown_timeout_s", "store")
 
 
 class Reloader:

@@ -274,3 +274,21 @@ def test_priority_zero_sets_something(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[[rules]]\nname = "calm"\nthen = { priority = 0 }\n')
     assert load(path).rules.rules[0].then.priority == 0
+
+
+def test_headers_and_keys_that_can_never_be_sent(tmp_path, monkeypatch):
+    monkeypatch.setenv("NON_ASCII", "p:w ä")
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[smartrouting]\napi_keys = ["two\\nlines"]\n'
+        '[lookup]\nurl = "http://crm/{caller}"\n'
+        'headers = { Authorization = "Bearer ${NON_ASCII}", "X-Split" = "a\\r\\nInjected: 1", "Bad Name" = "v" }\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.problems == [
+        "smartrouting.api_keys[0]: a control character (a line break?) no client can send",
+        "lookup.headers.Authorization: a header value is ASCII without control characters",
+        "lookup.headers.X-Split: a header value is ASCII without control characters",
+        'lookup.headers."Bad Name": not a valid header name',
+    ]

@@ -172,6 +172,16 @@ def test_sighup_on_an_unchanged_file_says_so(start_gateway):
     assert value(samples(gw), "routing_config_reloads_total", result="unchanged") == 1
 
 
+def test_reload_says_which_server_limits_wait_for_a_restart(start_gateway):
+    gw = start_gateway(rule_config("R"), env=SECRETS)
+    gw.config.write_text("[server]\nmax_connections = 2\nread_timeout_ms = 9000\n" + rule_config("R2"))
+    gw.signal(signal.SIGHUP)
+    assert wait_for(lambda: '"event":"restart needed"' in gw.logs())
+    line = next(json.loads(x) for x in gw.logs().splitlines() if '"event":"restart needed"' in x)
+    assert line["keys"] == ["server.read_timeout_ms", "server.max_connections"]
+    assert vip(gw).json() == {"InitialTarget": "R2"}  # the rules did change
+
+
 def test_reload_refuses_a_number_out_of_range(start_gateway):
     # A float bound is checked like any other: the reload is refused, listed and counted, never a traceback.
     gw = start_gateway(rule_config("KEEP"), env=SECRETS)

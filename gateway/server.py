@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import sys
 import tempfile
 import time
@@ -20,6 +21,7 @@ from uvicorn.supervisors import Multiprocess
 from gateway.app import CONFIG_ENV, create_app, describe
 from gateway.config import Loaded, ServerConfig
 from gateway.connection import Connection, Limits
+from gateway.handshake import Handshake
 from gateway.logs import event
 from gateway.metrics import MULTIPROCESS_ENV
 
@@ -27,12 +29,22 @@ logger = logging.getLogger("uvicorn.error")
 
 
 class Config(uvicorn.Config):
-    """uvicorn's config, serving each connection with :class:`Connection` under ``limits``.
-    Picklable, as the worker processes receive it."""
+    """uvicorn's config, serving each connection with :class:`Connection` under ``limits``; with TLS,
+    each starts as a :class:`Handshake`. Picklable, as the worker processes receive it."""
 
     def __init__(self, app: Any, *, limits: Limits, **options: Any) -> None:
         super().__init__(app, http=Connection, ws="none", **options)
         self.limits = limits
+        self.tls: ssl.SSLContext | None = None
+
+    def load(self) -> None:
+        # Run in each worker too. uvicorn would hand the TLS context to the loop's server, whose handshakes
+        # are not counted as connections and take up to 60 s: the server stays plain TCP, and each
+        # connection does its own handshake (gateway.handshake), whichever way uvicorn creates the server.
+        super().load()
+        self.tls, self.ssl = self.ssl, None
+        if self.tls is not None:
+            self.http_protocol_class = Handshake
 
     def configure_logging(self) -> None:
         # Run in each worker too. Without a log config (gateway.logs formats every line) uvicorn sets no
@@ -50,9 +62,19 @@ class Server(uvicorn.Server):
     async def startup(self, sockets: list | None = None) -> None:
         await super().startup(sockets)
         if self.started:
-            bound = self.servers[0].sockets[0].getsockname() if self.servers else (self.config.host, self.config.port)
-            event("started", host=self.config.host, port=bound[1], scheme=_scheme(self.config), workers=1,
-                  **describe(self.config.app))
+            bound = (
+                self.servers[0].sockets[0].getsockname()
+                if self.servers
+                else (self.config.host, self.config.port)
+            )
+            event(
+                "started",
+                host=self.config.host,
+                port=bound[1],
+                scheme=_scheme(self.config),
+                workers=1,
+                **describe(self.config.app),
+            )
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -138,8 +160,15 @@ def serve(
         config = Config("gateway.app:from_env", factory=True, workers=workers, limits=limits, **opts)
         try:
             sock = config.bind_socket()
-            event("started", host=config.host, port=sock.getsockname()[1], scheme=_scheme(config), workers=workers,
-                  config=str(loaded.path), version=loaded.version)
+            event(
+                "started",
+                host=config.host,
+                port=sock.getsockname()[1],
+                scheme=_scheme(config),
+                workers=workers,
+                config=str(loaded.path),
+                version=loaded.version,
+            )
             Supervisor(config, sockets=[sock]).run()
         finally:
             shutil.rmtree(metrics_dir, ignore_errors=True)

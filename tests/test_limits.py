@@ -270,6 +270,57 @@ def test_beyond_max_connections_new_requests_get_503_at_once(start_gateway):
     assert code == 200
 
 
+def tls_gateway(start_gateway, tmp_path, *args: str, **server) -> tuple:
+    """A gateway serving HTTPS with a certificate of a CA of its own; and a client context trusting it."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    tls = 'tls_cert = "server.pem"\ntls_key = "server.key"\n'
+    text = config(**server).replace("[server]\n", "[server]\n" + tls)
+    return start_gateway(text, *args, env=ENV, scheme="https", verify=context), context
+
+
+def test_a_tls_connection_counts_from_its_accept_and_its_handshake_has_read_timeout(start_gateway, tmp_path):
+    gw, context = tls_gateway(start_gateway, tmp_path, max_connections=3, read_timeout_ms=4000)
+    gw.client.close()  # its keep-alive connection would count
+    # Three connections that never begin the handshake.
+    silent = [connect(gw) for _ in range(3)]
+    opened = time.monotonic()
+    try:
+        with context.wrap_socket(connect(gw), server_hostname="127.0.0.1") as client:
+            client.sendall(head("/healthz", "Connection: close"))
+            refused = read_all(client)
+        assert status(refused) == 503, refused
+        for s in silent:
+            seconds_until_closed(s, 15)
+        took = time.monotonic() - opened
+    finally:
+        for s in silent:
+            s.close()
+    assert 3 < took < 10, took  # the loop's own default is 60 s
+    with context.wrap_socket(connect(gw), server_hostname="127.0.0.1") as client:
+        client.sendall(head("/healthz", "Connection: close"))
+        assert status(read_all(client)) == 200
+
+
+def test_workers_bound_the_tls_handshake_too(start_gateway, tmp_path):
+    gw, _ = tls_gateway(start_gateway, tmp_path, "--workers", "2", read_timeout_ms=2000)
+    silent = [connect(gw) for _ in range(4)]  # new connections, so that both workers take some
+    opened = time.monotonic()
+    try:
+        for s in silent:
+            seconds_until_closed(s, 15)
+    finally:
+        for s in silent:
+            s.close()
+    assert 1 < time.monotonic() - opened < 8
+    assert gw.client.get("/healthz").status_code == 200
+
+
 # --- Shutdown ----------------------------------------------------------------------------------------
 
 
@@ -303,20 +354,7 @@ def test_sigterm_with_nothing_in_flight_exits_at_once(start_gateway):
 
 
 def test_sigterm_with_an_idle_tls_keepalive_client_exits_at_once(start_gateway, tmp_path):
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
-    tls = 'tls_cert = "server.pem"\ntls_key = "server.key"\n'
-    gw = start_gateway(
-        config(keepalive_timeout_s=60).replace("[server]\n", "[server]\n" + tls),
-        env=ENV,
-        scheme="https",
-        verify=context,
-    )
+    gw, context = tls_gateway(start_gateway, tmp_path, keepalive_timeout_s=60)
     with context.wrap_socket(connect(gw), server_hostname="127.0.0.1") as idle:
         idle.sendall(head("/healthz"))
         answer = b""

@@ -7,7 +7,7 @@ Each adapter module offers the same face:
 - ``API_KEY_HEADER`` and ``AUTH_SCHEMES``: where its credentials come;
 - ``check_content_type(value)``: raise :class:`Rejected` for a media type it refuses, before the body is read;
 - ``parse(body, content_type) -> RoutingQuery``: raise :class:`Rejected` with the protocol's own error;
-- ``render(decision, query) -> Reply``;
+- ``render(decision, query) -> Reply``, with the ``outcome`` it rendered and the ``answer`` to log;
 - ``error(kind, method=, target=) -> Reply`` for the errors found outside it: ``unauthorized``,
   ``forbidden``, ``not_found``, ``method``, ``too_large``, ``internal``.
 """
@@ -20,12 +20,16 @@ PROTOCOLS = ("smartrouting", "eml")
 
 
 class Reply(NamedTuple):
-    """An HTTP answer, protocol-rendered."""
+    """An HTTP answer, protocol-rendered. A rendered decision also says what it answered, for the
+    decision log and metrics: ``outcome`` (``routed``, ``default``, ``not_found``, ``disconnect``) and
+    ``answer``, the fields of the reply worth logging (the target, the number, the ids)."""
 
     status: int
     body: bytes = b""
     content_type: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    outcome: str | None = None
+    answer: tuple[tuple[str, str], ...] = ()
 
 
 class Rejected(Exception):

@@ -56,7 +56,7 @@ class _Error(msgspec.Struct):
 _decode = msgspec.json.Decoder(Request).decode
 _encode = msgspec.json.Encoder().encode
 DISCONNECT = "DISCONNECT:"
-NO_CONTENT = Reply(204)
+NO_CONTENT = Reply(204, outcome="default")
 _ERRORS = {
     "unauthorized": (401, "missing or invalid credentials"),
     "forbidden": (403, "source address not allowed"),
@@ -128,4 +128,5 @@ def render(decision: Decision, query: RoutingQuery) -> Reply:
         custom_tts=decision.tts,
         custom_msi=decision.msi,
     )
-    return Reply(200, _encode(body), JSON)
+    outcome = "disconnect" if decision.disconnect else "routed"
+    return Reply(200, _encode(body), JSON, outcome=outcome, answer=(("target", body.initial_target or ""),))

@@ -38,6 +38,7 @@ from gateway.logs import setup as setup_logs
 from gateway.reload import Reloader
 
 CONFIG_ENV = "ROUTING_GATEWAY_CONFIG"
+DECIDED = ("routed", "default", "not_found", "disconnect")  # outcomes of a decision, not of a refusal
 _encode = msgspec.json.Encoder().encode
 
 
@@ -257,10 +258,14 @@ async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, hea
         caller=mask(query.caller) or None,
         service=query.service or None,
         rule=decision.rule,
-        outcome="routed" if decision.routes else "not_found" if query.needs_destination else "default",
+        # What the adapter rendered: an EML disconnect is not "routed", whatever the decision held.
+        outcome=reply.outcome or ("routed" if decision.routes else "not_found" if query.needs_destination else "default"),
         fallback=decision.fallback,
         replayed=decision.replayed or None,
     )
+    for key, value in reply.answer:
+        if value:
+            note[key] = value
     return reply, note
 
 
@@ -354,7 +359,7 @@ def create_app(
             metrics.RULES.labels(note["rule"]).inc()
         if note.get("fallback"):
             metrics.FALLBACKS.labels(note["fallback"]).inc()
-        if outcome in ("routed", "default", "not_found") and store_status(rt.ctx.store) == "degraded":
+        if outcome in DECIDED and store_status(rt.ctx.store) == "degraded":
             metrics.FALLBACKS.labels("store").inc()
         event(
             "decision",

@@ -24,7 +24,7 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 REQUESTS = Counter(
     "routing_requests_total",
-    "Webhook requests by protocol and outcome (routed, default, not_found, bad_request, unauthorized, "
+    "Webhook requests by protocol and outcome (routed, default, not_found, disconnect, bad_request, unauthorized, "
     "forbidden, method, too_large, error).",
     ["protocol", "outcome"],
 )

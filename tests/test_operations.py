@@ -400,3 +400,23 @@ def test_in_process_store_evictions_are_counted_and_logged(start_gateway):
     assert wait_for(lambda: '"event":"store evicted"' in gw.logs())
     line = next(json.loads(x) for x in gw.logs().splitlines() if '"event":"store evicted"' in x)
     assert line["kind"] == "call" and line["max_entries"] == 100
+
+
+def test_decision_line_says_what_was_answered(start_gateway):
+    gw = start_gateway(rule_config("ANSWER") + """
+[callers."+358401110001"]
+tags = ["gone"]
+[[rules]]
+name = "hang-up"
+when = { tag = "gone" }
+then = { disconnect = true }
+""", env=SECRETS)
+    vip(gw)
+    gw.client.post("/smartrouting", json={"anum": "+358401110001"}, headers=SR)
+    assert wait_for(lambda: gw.logs().count('"event":"decision"') >= 2)
+    lines = [json.loads(x) for x in gw.logs().splitlines() if '"event":"decision"' in x]
+    routed = next(x for x in lines if x.get("rule") == "vip")
+    assert routed["outcome"] == "routed" and routed["target"] == "ANSWER"
+    gone = next(x for x in lines if x.get("rule") == "hang-up")
+    assert gone["outcome"] == "disconnect" and gone["target"] == "DISCONNECT:"
+    assert value(samples(gw), "routing_requests_total", protocol="smartrouting", outcome="disconnect") == 1

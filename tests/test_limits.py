@@ -7,6 +7,7 @@ the wire: a status line, or the connection closing.
 from __future__ import annotations
 
 import itertools
+import re
 import signal
 import socket
 import ssl
@@ -15,7 +16,10 @@ import threading
 import time
 
 import httpx
+import psutil
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytestmark = pytest.mark.e2e
 
@@ -72,6 +76,15 @@ def padded(size: int) -> bytes:
     """A GET /healthz head of exactly ``size`` bytes (request line plus headers), closing after."""
     bare = head("/healthz", "Connection: close", "X-Pad: ")
     return head("/healthz", "Connection: close", "X-Pad: " + "a" * (size - len(bare)))
+
+
+def answers(raw: bytes) -> list[tuple[int, str]]:
+    """Each answer's status and X-Request-Id, in the order they came."""
+    found = []
+    for match in re.finditer(rb"HTTP/1\.1 (\d{3}) [^\r]*\r\n((?:[^\r\n]+\r\n)*)\r\n", raw):
+        rid = re.search(rb"(?im)^x-request-id: (\S+)", match[2])
+        found.append((int(match[1]), rid[1].decode() if rid else ""))
+    return found
 
 
 def webhook(body: bytes = b"{}", *headers: str) -> bytes:
@@ -163,6 +176,222 @@ def test_a_streamed_huge_head_is_cut_early_and_other_webhooks_answer_promptly(st
     assert max(latencies) < 2.0, sorted(latencies)[-3:]
 
 
+def chunked(body: bytes, trailer: bytes = b"", *headers: str) -> bytes:
+    """A webhook whose body is sent in chunks of up to two bytes (the first with an extension), then
+    ``trailer`` (whole lines) and the empty line."""
+    chunks = [body[i : i + 2] for i in range(0, len(body), 2)]
+    framed = b"".join(
+        b"%x%s\r\n%s\r\n" % (len(c), b";x=1" if not i else b"", c) for i, c in enumerate(chunks)
+    )
+    return (
+        head(
+            "/smartrouting",
+            f"X-Benemen-APIKey: {KEY}",
+            "Content-Type: application/json",
+            "Transfer-Encoding: chunked",
+            *headers,
+            method="POST",
+        )
+        + framed
+        + b"0\r\n"
+        + trailer
+        + b"\r\n"
+    )
+
+
+def test_a_pipelined_head_counts_from_its_first_byte_wherever_it_starts(start_gateway):
+    # A request, and behind it in the same writes a second one whose head is about the limit or far
+    # over it: the second is held to the limit exactly, however the bytes are cut, and the first is
+    # answered before it.
+    gw = start_gateway(config(max_header_bytes=4096), env=ENV)
+    firsts = {
+        "length": webhook(b'{"anum": "+358401234567"}'),
+        "chunked": chunked(b'{"anum": "+358401234567"}'),
+    }
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        first=st.sampled_from(sorted(firsts)),
+        size=st.one_of(st.integers(4090, 4100), st.integers(4097, 130_000)),
+        cut=st.floats(0, 1),
+    )
+    def check(first, size, cut):
+        data = firsts[first] + padded(size)
+        at = int(len(data) * cut)
+        with connect(gw) as s:
+            try:
+                s.sendall(data[:at])
+                s.sendall(data[at:])
+            except OSError:
+                pass  # refused and closed while the rest was still being sent
+            got = [code for code, _ in answers(read_all(s))]
+        assert got == [204, 200 if size <= 4096 else 431], (first, size, at)
+
+    check()
+
+
+def test_a_trailer_counts_with_its_head_against_max_header_bytes(start_gateway):
+    gw = start_gateway(config(max_header_bytes=4096), env=ENV)
+    body = b'{"anum": "+358401234567"}'
+    bare = chunked(body, b"X-T: \r\n", "Connection: close")
+    # What counts: the head, and the trailer's lines with the empty line that ends them.
+    counted = bare.index(b"\r\n\r\n") + 4 + len(b"X-T: \r\n\r\n")
+
+    def send(data: bytes) -> bytes:
+        with connect(gw) as s:
+            s.sendall(data)
+            return read_all(s)
+
+    assert (
+        status(send(chunked(body, b"X-T: " + b"t" * (4096 - counted) + b"\r\n", "Connection: close"))) == 204
+    )
+    refused = send(chunked(body, b"X-T: " + b"t" * (4097 - counted) + b"\r\n", "Connection: close"))
+    assert status(refused) == 431 and refused.endswith(b'{"error":"request header fields too large"}')
+    # A trailer streamed without end is cut after the limit, not read for ever.
+    with connect(gw) as s:
+        s.sendall(chunked(body)[:-2] + b"X-Flood: ")
+        sent, cut = 0, False
+        try:
+            while sent < 64 << 20:
+                s.sendall(b"a" * 65536)
+                sent += 65536
+        except OSError:
+            cut = True
+        assert cut and sent < 32 << 20, sent
+        assert gw.client.get("/healthz").status_code == 200
+
+
+def test_pipelined_requests_are_read_a_few_ahead_and_answered_in_order(start_gateway):
+    # One connection sends requests ahead of the answers as fast as it can. The gateway reads only a few
+    # ahead: its memory stays flat, another client is served as before, and every request sent is
+    # answered, in order.
+    gw = start_gateway(config(keepalive_timeout_s=60), env=ENV)
+    process = psutil.Process(gw.proc.pid)
+    baseline = peak = process.memory_info().rss
+    blob = b"".join(webhook(b"{}", f"X-Request-Id: p{i}") for i in range(1000))
+    flood = connect(gw)
+    flood.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
+    received = bytearray()
+    batches = 0
+
+    def read():
+        try:
+            while chunk := flood.recv(1 << 16):
+                received.extend(chunk)
+        except OSError:
+            pass
+
+    def send():
+        nonlocal batches
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            flood.sendall(blob)
+            batches += 1
+
+    reader, sender = threading.Thread(target=read), threading.Thread(target=send)
+    reader.start()
+    sender.start()
+    latencies = []
+    try:
+        with httpx.Client(base_url=gw.url, timeout=30) as other:
+            while sender.is_alive() or len(latencies) < 5:
+                began = time.monotonic()
+                assert (
+                    other.post("/smartrouting", json={}, headers={"X-Benemen-APIKey": KEY}).status_code == 204
+                )
+                latencies.append(time.monotonic() - began)
+                peak = max(peak, process.memory_info().rss)
+        sender.join()
+        # Unbounded, this flood queues tens of thousands of requests: hundreds of MB.
+        assert peak - baseline < 30 << 20, (peak - baseline) >> 20
+        assert max(latencies) < 2.0, sorted(latencies)[-3:]
+        expected = batches * 1000
+        end = time.monotonic() + 60
+        while received.count(b"HTTP/1.1 ") < expected and time.monotonic() < end:
+            time.sleep(0.1)
+    finally:
+        flood.close()
+        reader.join()
+    got = answers(bytes(received))
+    assert len(got) == expected
+    assert got == [(204, f"p{i % 1000}") for i in range(expected)]
+
+
+def test_pipelined_requests_of_any_framing_cut_anywhere_are_each_answered_once_in_order(start_gateway):
+    gw = start_gateway(config(keepalive_timeout_s=60), env=ENV)
+    one = st.tuples(
+        st.sampled_from(["length", "chunked"]),
+        st.sampled_from([2, 1000, 70_000, 110_000]),  # over max_body_bytes (100 KiB): 413
+        st.sampled_from([1, 3, 100, 5000, 70_000]),  # the chunks' size
+        st.sampled_from([b"", b"X-T: 1\r\n", b"A: 1\r\nB: 2\r\n"]),
+    )
+
+    def framed(i: int, kind: str, size: int, piece: int, trailer: bytes) -> bytes:
+        body = b"{" + b" " * (size - 2) + b"}"
+        if kind == "length":
+            return webhook(body, f"X-Request-Id: r{i}")
+        chunks = [body[at : at + piece] for at in range(0, size, piece)]
+        return (
+            head(
+                "/smartrouting",
+                f"X-Benemen-APIKey: {KEY}",
+                "Transfer-Encoding: chunked",
+                f"X-Request-Id: r{i}",
+                method="POST",
+            )
+            + b"".join(b"%x;n=%d\r\n%s\r\n" % (len(c), n, c) for n, c in enumerate(chunks))
+            + b"0\r\n"
+            + trailer
+            + b"\r\n"
+        )
+
+    @settings(max_examples=25, deadline=None)
+    @given(st.lists(one, min_size=1, max_size=12), st.lists(st.floats(0, 1), max_size=10))
+    def check(requests, cuts):
+        data = b"".join(framed(i, *r) for i, r in enumerate(requests))
+        received = bytearray()
+        with connect(gw) as s:
+
+            def read():
+                try:
+                    while received.count(b"HTTP/1.1 ") < len(requests) and (chunk := s.recv(1 << 16)):
+                        received.extend(chunk)
+                except OSError:
+                    pass
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            at = 0
+            for cut in [*sorted(int(len(data) * c) for c in cuts), len(data)]:
+                s.sendall(data[at:cut])
+                at = max(at, cut)
+            reader.join(30)
+        expected = [(413 if size > 102_400 else 204, f"r{i}") for i, (_, size, _, _) in enumerate(requests)]
+        assert answers(bytes(received)) == expected
+
+    check()
+
+
+def test_a_request_behind_one_being_answered_is_not_timed_out(start_gateway, crm):
+    # The first request takes a second to decide (its CRM lookup never answers), three times the read
+    # timeout; the next request has begun to arrive. The first is answered; the next one's time starts
+    # then, and only then is the connection closed.
+    crm.modes["+358401234567"] = "hold"
+    gw = start_gateway(
+        config(read_timeout_ms=300, deadline_ms=3000) + f'[lookup]\nurl = "{crm.url}"\ntimeout_ms = 1000\n',
+        env=ENV,
+    )
+    request = webhook(b'{"anum": "+358401234567"}', "X-Request-Id: first")
+    with connect(gw) as s:
+        began = time.monotonic()
+        s.sendall(request + request[:10])
+        raw = read_all(s)
+        took = time.monotonic() - began
+    assert crm.hits["+358401234567"] == 1
+    assert [rid for _, rid in answers(raw)] == ["first"]
+    assert 0.8 < took < 8, took
+
+
 # --- Slow clients ------------------------------------------------------------------------------------
 
 
@@ -237,18 +466,23 @@ def test_beyond_max_connections_new_requests_get_503_at_once(start_gateway):
     gw.client.close()  # its keep-alive connection would count
 
     def probe() -> tuple[int, float]:
+        return status((answer := probe_raw())[0]), answer[1]
+
+    def probe_raw() -> tuple[bytes, float]:
         began = time.monotonic()
         with connect(gw) as s:
             s.sendall(head("/healthz", "Connection: close"))
-            return status(read_all(s)), time.monotonic() - began
+            return read_all(s), time.monotonic() - began
 
     # Five connections, each held open by a head that has not finished arriving.
     holders = [connect(gw) for _ in range(5)]
     try:
         for h in holders:
             h.sendall(b"GET /healthz HTTP/1.1\r\n")
-        code, took = probe()
-        assert code == 503 and took < 2, (code, took)
+        raw, took = probe_raw()
+        assert status(raw) == 503 and took < 2, (raw, took)
+        assert b"content-type: application/json" in raw
+        assert raw.endswith(b'\r\n\r\n{"error":"service unavailable: too many connections"}')
         # With one closed, the probe is the fifth open connection: it is served.
         holders.pop().close()
         end = time.monotonic() + 10
@@ -319,6 +553,25 @@ def test_workers_bound_the_tls_handshake_too(start_gateway, tmp_path):
             s.close()
     assert 1 < time.monotonic() - opened < 8
     assert gw.client.get("/healthz").status_code == 200
+
+
+def test_a_request_the_parser_refuses_gets_400_in_json(start_gateway):
+    gw = start_gateway(WEBHOOK, env=ENV)
+    for garbage in (
+        b"NOT HTTP\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: x\n\n",
+        chunked(b"{}").replace(b"\r\n2", b"\r\nzz"),
+    ):
+        with connect(gw) as s:
+            s.sendall(garbage)
+            refused = read_all(s)
+        assert status(refused) == 400, refused
+        assert b"content-type: application/json" in refused
+        assert refused.endswith(b'\r\n\r\n{"error":"invalid HTTP request"}')
+    # After an answered request, on the same connection: the answer comes first.
+    with connect(gw) as s:
+        s.sendall(webhook(b"{}", "X-Request-Id: before") + b"NOT HTTP\r\n\r\n")
+        assert answers(read_all(s)) == [(204, "before"), (400, "")]
 
 
 # --- Shutdown ----------------------------------------------------------------------------------------

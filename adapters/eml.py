@@ -200,8 +200,12 @@ def parse(body: bytes, content_type: str | None = None) -> RoutingQuery:
 
 
 def render(decision: Decision, query: RoutingQuery) -> Reply:
+    """201 with the number and an mqID, or ``success: false``; says which, and the ids, for the log."""
+    call = (("call_id", query.call_id),)
     if decision.disconnect:
-        return _reply(201, NotFound(False, f"{query.service} not available"))
+        reply = _reply(201, NotFound(False, f"{query.service} not available"))
+        return reply._replace(outcome="disconnect", answer=call)
     if not decision.target:
-        return _reply(201, NotFound(False, f"{query.service} not found"))
-    return _reply(201, Found(query.service, decision.target, query.call_id, decision.id or ""))
+        return _reply(201, NotFound(False, f"{query.service} not found"))._replace(outcome="not_found", answer=call)
+    reply = _reply(201, Found(query.service, decision.target, query.call_id, decision.id or ""))
+    return reply._replace(outcome="routed", answer=(("number", decision.target), *call, ("mq_id", decision.id or "")))

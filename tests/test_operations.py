@@ -420,3 +420,26 @@ then = { disconnect = true }
     gone = next(x for x in lines if x.get("rule") == "hang-up")
     assert gone["outcome"] == "disconnect" and gone["target"] == "DISCONNECT:"
     assert value(samples(gw), "routing_requests_total", protocol="smartrouting", outcome="disconnect") == 1
+
+
+def test_eml_decision_line_answers_which_number_a_call_got(start_gateway):
+    # "Which number did we give call X?" is one grep; an EML disconnect is not counted as routed.
+    gw = start_gateway(rule_config("E") + """
+[[rules]]
+name = "closed-desk"
+when = { protocol = "eml", service = "Closed" }
+then = { disconnect = true }
+""", env=SECRETS)
+    r = gw.client.post("/call/request", json={"callID": "call-x1", "rclassification": "Sales", "callTime": "1"},
+                       headers=EML).json()
+    gw.client.post("/call/request", json={"callID": "call-x2", "rclassification": "Closed", "callTime": "1"},
+                   headers=EML)
+    assert wait_for(lambda: gw.logs().count('"event":"decision"') >= 2)
+    lines = [json.loads(x) for x in gw.logs().splitlines() if '"event":"decision"' in x]
+    given = next(x for x in lines if x.get("call_id") == "call-x1")
+    assert (given["outcome"], given["number"], given["mq_id"]) == ("routed", r["number"], r["mqID"])
+    closed = next(x for x in lines if x.get("call_id") == "call-x2")
+    assert closed["outcome"] == "disconnect" and closed["rule"] == "closed-desk"
+    m = samples(gw)
+    assert value(m, "routing_requests_total", protocol="eml", outcome="disconnect") == 1
+    assert value(m, "routing_requests_total", protocol="eml", outcome="routed") == 1

@@ -323,6 +323,10 @@ def load(path: str | os.PathLike) -> Loaded:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot be read ({exc.strerror or exc})"]) from None
+    if not data.strip():
+        # Valid TOML, but never meant: an editor or a deploy tool that truncates before it writes gives
+        # an empty file for a moment, and a reload must not serve no rules and no credentials meanwhile.
+        raise ConfigError([f"{path}: the file is empty"])
     try:
         raw = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

@@ -40,7 +40,11 @@ class Gateway:
             stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
         )
         self.client = httpx.Client(base_url=self.url, timeout=10, verify=verify)
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()  # a gateway that never became ready must not outlive the test
+            raise
 
     def wait_ready(self, timeout: float = 20) -> None:
         end = time.monotonic() + timeout

@@ -292,3 +292,12 @@ def test_headers_and_keys_that_can_never_be_sent(tmp_path, monkeypatch):
         "lookup.headers.X-Split: a header value is ASCII without control characters",
         'lookup.headers."Bad Name": not a valid header name',
     ]
+
+
+def test_an_empty_file_is_refused(tmp_path):
+    # A file caught between its truncation and its write (a reload watching it) must not load as "no rules".
+    path = tmp_path / "c.toml"
+    path.write_text("  \n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.problems == [f"{path}: the file is empty"]

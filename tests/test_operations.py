@@ -144,7 +144,7 @@ def test_reload_on_sighup_and_refusal_of_an_invalid_file(start_gateway):
     assert vip(gw).json() == {"InitialTarget": "OLD"}
     gw.config.write_text(rule_config("NEW"))
     gw.signal(signal.SIGHUP)
-    assert wait_for(lambda: vip(gw).json() == {"InitialTarget": "NEW"})
+    assert wait_for(lambda: vip(gw).status_code == 200 and vip(gw).json() == {"InitialTarget": "NEW"})
     v2 = gw.client.get("/readyz").json()["config"]
     assert v2["version"] != v1["version"]
     gw.config.write_text(rule_config("BROKEN").replace('target = "BROKEN"', "priority = 20000"))
@@ -160,6 +160,19 @@ def test_reload_on_sighup_and_refusal_of_an_invalid_file(start_gateway):
     assert [k for k in m if k[0] == "routing_config_info"] == [("routing_config_info", (("version", v2["version"]),))]
     assert value(m, "routing_config_info", version=v2["version"]) == 1
     assert gw.proc.poll() is None
+
+
+def test_a_reload_never_serves_a_file_caught_mid_write(start_gateway):
+    # Truncated to nothing for a moment (as an editor or a deploy tool may leave it): refused, and the
+    # running rules and credentials stay until the whole file is there.
+    gw = start_gateway(rule_config("KEPT"), env=SECRETS)
+    gw.config.write_text("")
+    gw.signal(signal.SIGHUP)
+    assert wait_for(lambda: "the file is empty" in gw.logs())
+    assert vip(gw).json() == {"InitialTarget": "KEPT"}
+    assert gw.client.post("/smartrouting", json={"anum": "+358501231234"}).status_code == 401
+    gw.config.write_text(rule_config("WHOLE"))
+    assert wait_for(lambda: vip(gw).status_code == 200 and vip(gw).json() == {"InitialTarget": "WHOLE"})
 
 
 def test_sighup_on_an_unchanged_file_says_so(start_gateway):

@@ -206,6 +206,10 @@ def render(decision: Decision, query: RoutingQuery) -> Reply:
         reply = _reply(201, NotFound(False, f"{query.service} not available"))
         return reply._replace(outcome="disconnect", answer=call)
     if not decision.target:
-        return _reply(201, NotFound(False, f"{query.service} not found"))._replace(outcome="not_found", answer=call)
+        return _reply(201, NotFound(False, f"{query.service} not found"))._replace(
+            outcome="not_found", answer=call
+        )
     reply = _reply(201, Found(query.service, decision.target, query.call_id, decision.id or ""))
-    return reply._replace(outcome="routed", answer=(("number", decision.target), *call, ("mq_id", decision.id or "")))
+    return reply._replace(
+        outcome="routed", answer=(("number", decision.target), *call, ("mq_id", decision.id or ""))
+    )

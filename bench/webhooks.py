@@ -81,8 +81,10 @@ def free_port() -> int:
 
 
 def request(path: str, body: bytes) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 async def run(port: int, kind: str, n: int, concurrency: int, callers: int) -> list[float]:
@@ -96,9 +98,13 @@ async def run(port: int, kind: str, n: int, concurrency: int, callers: int) -> l
         for i in counter:
             if kind == "smartrouting":
                 anum = f"+35850{random.randrange(max(callers, 1)):07d}"
-                raw = request("/smartrouting", b'{"anum":"%s","bnum":"+3589000","targetid":"Q"}' % anum.encode())
+                raw = request(
+                    "/smartrouting", b'{"anum":"%s","bnum":"+3589000","targetid":"Q"}' % anum.encode()
+                )
             else:
-                raw = request("/call/request", b'{"callID":"bench-%d","rclassification":"Sales","callTime":"12"}' % i)
+                raw = request(
+                    "/call/request", b'{"callID":"bench-%d","rclassification":"Sales","callTime":"12"}' % i
+                )
             began = time.perf_counter()
             writer.write(raw)
             head = await reader.readuntil(b"\r\n\r\n")
@@ -141,9 +147,12 @@ def main() -> None:
         binary = Path(sys.executable).parent / "routing-gateway"
         log = open(tmp / "gateway.log", "wb")  # noqa: SIM115 - the server's log for its lifetime
         began = time.perf_counter()
-        proc = subprocess.Popen([binary, "serve", "--config", tmp / "config.toml", "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        proc = subprocess.Popen(
+            [binary, "serve", "--config", tmp / "config.toml", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
         url = f"http://127.0.0.1:{port}"
         while True:
             try:
@@ -153,8 +162,10 @@ def main() -> None:
                 time.sleep(0.05)
         start_s = time.perf_counter() - began
         rss_kb = int(Path(f"/proc/{proc.pid}/status").read_text().split("VmRSS:")[1].split()[0])
-        print(f"directory: {args.callers} callers; config load {load_s:.2f} s; "
-              f"gateway ready in {start_s:.2f} s; RSS {rss_kb // 1024} MiB; store: {args.redis or 'in-process'}")
+        print(
+            f"directory: {args.callers} callers; config load {load_s:.2f} s; "
+            f"gateway ready in {start_s:.2f} s; RSS {rss_kb // 1024} MiB; store: {args.redis or 'in-process'}"
+        )
         print()
         print("| protocol | requests | concurrency | req/s | p50 ms | p99 ms | max ms |")
         print("|---|---|---|---|---|---|---|")
@@ -165,8 +176,10 @@ def main() -> None:
                     began = time.perf_counter()
                     lat = asyncio.run(run(port, kind, args.requests, concurrency, args.callers))
                     took = time.perf_counter() - began
-                    print(f"| {kind} | {args.requests} | {concurrency} | {args.requests / took:,.0f} | "
-                          f"{pct(lat, 0.5):.2f} | {pct(lat, 0.99):.2f} | {max(lat) * 1000:.2f} |")
+                    print(
+                        f"| {kind} | {args.requests} | {concurrency} | {args.requests / took:,.0f} | "
+                        f"{pct(lat, 0.5):.2f} | {pct(lat, 0.99):.2f} | {max(lat) * 1000:.2f} |"
+                    )
         finally:
             proc.terminate()
             proc.wait()

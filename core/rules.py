@@ -161,10 +161,12 @@ def compile_rule(rule: Rule, path: str, problems: list[str]) -> CompiledRule:
     w, t = rule.when, rule.then
     attrs = None
     if w.attributes is not None:
-        attrs = tuple(
-            (k, tuple(v) if isinstance(v, list) else (v,)) for k, v in sorted(w.attributes.items())
-        )
-    if w.min_call_time_s is not None and w.max_call_time_s is not None and w.min_call_time_s > w.max_call_time_s:
+        attrs = tuple((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in sorted(w.attributes.items()))
+    if (
+        w.min_call_time_s is not None
+        and w.max_call_time_s is not None
+        and w.min_call_time_s > w.max_call_time_s
+    ):
         problems.append(f"{path}.when: min_call_time_s is above max_call_time_s; the rule can never match")
     matcher = Matcher(
         protocol=_set(w.protocol),
@@ -188,7 +190,11 @@ def compile_rule(rule: Rule, path: str, problems: list[str]) -> CompiledRule:
     if len(destinations) > 1:
         problems.append(f"{tp}: {' and '.join(destinations)} exclude each other; give one")
     # Identity, not equality: 0 is a priority that sets something, and 0 == False.
-    sets = {f for f in t.__struct_fields__ if f != "default" and getattr(t, f) is not None and getattr(t, f) is not False}
+    sets = {
+        f
+        for f in t.__struct_fields__
+        if f != "default" and getattr(t, f) is not None and getattr(t, f) is not False
+    }
     if t.default and sets:
         problems.append(f"{tp}: default = true means no opinion; it cannot go with {', '.join(sorted(sets))}")
     if not t.default and not sets:
@@ -205,7 +211,8 @@ def compile_rule(rule: Rule, path: str, problems: list[str]) -> CompiledRule:
         fail_target=tpl("fail_target"),
         required_agent=tpl("required_agent"),
         preferred_agents=tuple(
-            template(a, f"{tp}.preferred_agents[{i}]", problems) for i, a in enumerate(t.preferred_agents or ())
+            template(a, f"{tp}.preferred_agents[{i}]", problems)
+            for i, a in enumerate(t.preferred_agents or ())
         ),
         priority=t.priority,
         extra_priority=t.extra_priority,

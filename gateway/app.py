@@ -81,7 +81,9 @@ class Runtime:
         self.routes = {
             _route_key(sr.path): Endpoint(
                 smartrouting,
-                Credentials(smartrouting.API_KEY_HEADER, smartrouting.AUTH_SCHEMES, sr.api_keys, sr.basic_auth),
+                Credentials(
+                    smartrouting.API_KEY_HEADER, smartrouting.AUTH_SCHEMES, sr.api_keys, sr.basic_auth
+                ),
                 networks(sr.allow_networks),
                 0.0,
             ),
@@ -111,8 +113,15 @@ def _evicted(max_entries: int) -> Callable[[str, float], None]:
         now = time.monotonic()
         if now - last >= 1.0:
             # A call record dropped inside its retry window could be allocated twice on a retry.
-            event("store evicted", logging.WARNING, kind=kind, ttl_left_s=round(ttl_left_s), evicted=since,
-                  max_entries=max_entries, note="raise store.max_entries")
+            event(
+                "store evicted",
+                logging.WARNING,
+                kind=kind,
+                ttl_left_s=round(ttl_left_s),
+                evicted=since,
+                max_entries=max_entries,
+                note="raise store.max_entries",
+            )
             last, since = now, 0
 
     return told
@@ -259,7 +268,8 @@ async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, hea
         service=query.service or None,
         rule=decision.rule,
         # What the adapter rendered: an EML disconnect is not "routed", whatever the decision held.
-        outcome=reply.outcome or ("routed" if decision.routes else "not_found" if query.needs_destination else "default"),
+        outcome=reply.outcome
+        or ("routed" if decision.routes else "not_found" if query.needs_destination else "default"),
         fallback=decision.fallback,
         replayed=decision.replayed or None,
     )
@@ -311,7 +321,12 @@ def create_app(
         state.ready = True
         if worker:
             # The supervisor bound the socket before starting the workers: this one now takes requests.
-            event("worker started", config=str(loaded.path), version=loaded.version, store=store_status(the_store))
+            event(
+                "worker started",
+                config=str(loaded.path),
+                version=loaded.version,
+                store=store_status(the_store),
+            )
         try:
             yield
         finally:
@@ -377,7 +392,9 @@ def create_app(
             return None
         if allowed(_source(request.scope, rt), rt.ops_networks):
             return None
-        return Response(b'{"error":"source address not allowed"}', status_code=403, media_type="application/json")
+        return Response(
+            b'{"error":"source address not allowed"}', status_code=403, media_type="application/json"
+        )
 
     async def healthz(request: Request) -> Response:
         if refused := ops_refused(request):

@@ -66,8 +66,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         loaded = config_mod.load(args.config)
     except ConfigError as exc:
-        event("not started", logging.ERROR, config=args.config, problems=exc.problems,
-              note="fix the config and start again")
+        event(
+            "not started",
+            logging.ERROR,
+            config=args.config,
+            problems=exc.problems,
+            note="fix the config and start again",
+        )
         return 1
     for warning in loaded.warnings:
         event("config warning", logging.WARNING, warning=warning)
@@ -75,8 +80,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     store = loaded.config.store
     if (args.workers or loaded.config.server.workers) > 1 and not (store.redis_url or store.sentinels):
-        event("config warning", logging.WARNING, warning="several workers without Redis: each keeps its own "
-              "round-robin positions and call records")
+        event(
+            "config warning",
+            logging.WARNING,
+            warning="several workers without Redis: each keeps its own "
+            "round-robin positions and call records",
+        )
     serve(loaded, host=args.host, port=args.port, workers=args.workers)
     return 0
 
@@ -86,10 +95,16 @@ def _guess_protocol(body: bytes) -> str:
         value = msgspec.json.decode(body)
     except (msgspec.DecodeError, RecursionError):
         return "smartrouting"
-    return "eml" if isinstance(value, dict) and ("rclassification" in value or "callID" in value) else "smartrouting"
+    return (
+        "eml"
+        if isinstance(value, dict) and ("rclassification" in value or "callID" in value)
+        else "smartrouting"
+    )
 
 
-async def _route(loaded: config_mod.Loaded, protocol: str, body: bytes, at: dt.datetime, show_all: bool) -> int:
+async def _route(
+    loaded: config_mod.Loaded, protocol: str, body: bytes, at: dt.datetime, show_all: bool
+) -> int:
     adapter = ADAPTERS[protocol]
     try:
         query = adapter.parse(body, "application/json")
@@ -121,9 +136,15 @@ async def _route(loaded: config_mod.Loaded, protocol: str, body: bytes, at: dt.d
         attrs = ", ".join(sorted(caller.attributes)) or "none"
         print(f"caller: {known}; tags: {tags}; attributes: {attrs}")
     if lookup_result is not None:
-        how = {"hit": "cached answer", "stale": "cached answer past its TTL", "miss": "asked the CRM: found",
-               "not_found": "asked the CRM: not found", "failed": "the CRM failed", "timeout": "the CRM timed out",
-               "open": "not asked: the CRM keeps failing"}[lookup_result]
+        how = {
+            "hit": "cached answer",
+            "stale": "cached answer past its TTL",
+            "miss": "asked the CRM: found",
+            "not_found": "asked the CRM: not found",
+            "failed": "the CRM failed",
+            "timeout": "the CRM timed out",
+            "open": "not asked: the CRM keeps failing",
+        }[lookup_result]
         print(f"lookup: {lookup_result} ({how})")
     if show_all:
         print("rules:")
@@ -175,8 +196,14 @@ def cmd_route(args: argparse.Namespace) -> int:
         if at.tzinfo is None:
             zone = _local_zone(loaded)
             at = at.replace(tzinfo=zoneinfo.ZoneInfo(zone) if zone != "UTC" else dt.UTC)
-            print(f"--at has no offset: read in {zone}" + (
-                ", the schedules' zone" if zone != "UTC" else " (the schedules use several zones, or none)"))
+            print(
+                f"--at has no offset: read in {zone}"
+                + (
+                    ", the schedules' zone"
+                    if zone != "UTC"
+                    else " (the schedules use several zones, or none)"
+                )
+            )
     return asyncio.run(_route(loaded, protocol, body, at, args.explain))
 
 
@@ -212,27 +239,43 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     config_help = "config file (default: $ROUTING_GATEWAY_CONFIG, else config.toml; now %(default)s)"
 
-    s = sub.add_parser("serve", help="serve both webhooks", description="Serve both webhooks until SIGTERM; "
-                       "SIGHUP reloads the config.")
+    s = sub.add_parser(
+        "serve",
+        help="serve both webhooks",
+        description="Serve both webhooks until SIGTERM; SIGHUP reloads the config.",
+    )
     s.add_argument("--config", default=_default_config(), help=config_help)
     s.add_argument("--host", help="listen address (default: server.host)")
     s.add_argument("--port", type=int, help="listen port (default: server.port)")
     s.add_argument("--workers", type=int, help="worker processes (default: server.workers)")
     s.set_defaults(run=cmd_serve)
 
-    c = sub.add_parser("check", help="validate a config and list every problem",
-                       description="Validate a config: exit 0 when it is valid (warnings listed), 1 with every "
-                       "problem listed.")
-    c.add_argument("path", nargs="?", default=_default_config(), help=config_help.replace("config file", "the file"))
+    c = sub.add_parser(
+        "check",
+        help="validate a config and list every problem",
+        description="Validate a config: exit 0 when it is valid (warnings listed), 1 with every "
+        "problem listed.",
+    )
+    c.add_argument(
+        "path", nargs="?", default=_default_config(), help=config_help.replace("config file", "the file")
+    )
     c.set_defaults(run=cmd_check)
 
-    r = sub.add_parser("route", help="dry run: which rule a request matches, and the reply",
-                       description="Decide one request as the gateway would, without changing any shared state.")
+    r = sub.add_parser(
+        "route",
+        help="dry run: which rule a request matches, and the reply",
+        description="Decide one request as the gateway would, without changing any shared state.",
+    )
     r.add_argument("body", nargs="?", help="the request body as JSON; '-' or nothing reads standard input")
     r.add_argument("--config", default=_default_config(), help=config_help)
-    r.add_argument("--protocol", choices=PROTOCOLS, help="default: eml when the body has callID or rclassification")
-    r.add_argument("--at", help="decide as at this ISO time, e.g. 2026-11-23T10:00:00+02:00; without an offset, "
-                   "in the schedules' zone")
+    r.add_argument(
+        "--protocol", choices=PROTOCOLS, help="default: eml when the body has callID or rclassification"
+    )
+    r.add_argument(
+        "--at",
+        help="decide as at this ISO time, e.g. 2026-11-23T10:00:00+02:00; without an offset, "
+        "in the schedules' zone",
+    )
     r.add_argument("--explain", action="store_true", help="show every rule and why it did or did not match")
     r.set_defaults(run=cmd_route)
     return p

@@ -185,12 +185,16 @@ def _semantics(
                 # Clients' keys are trimmed before they are compared: this one could never match.
                 problems.append(f"{name}.api_keys[{i}]: spaces or tabs around a key are not part of it")
             elif not _sendable(key):
-                problems.append(f"{name}.api_keys[{i}]: a control character (a line break?) no client can send")
+                problems.append(
+                    f"{name}.api_keys[{i}]: a control character (a line break?) no client can send"
+                )
     for user, password in cfg.smartrouting.basic_auth.items():
         if not password:
             problems.append(f"{key_path('smartrouting.basic_auth', user)}: empty password")
         if not user or ":" in user:
-            problems.append(f"{key_path('smartrouting.basic_auth', user)}: a user name is not empty and has no ':'")
+            problems.append(
+                f"{key_path('smartrouting.basic_auth', user)}: a user name is not empty and has no ':'"
+            )
     if not cfg.smartrouting.path.startswith("/"):
         problems.append("smartrouting.path: must start with /")
     if cfg.eml.base and not cfg.eml.base.startswith("/"):

@@ -37,7 +37,9 @@ MAX_CHARS = 256  # per string value (SPEC section 8)
 MAX_ITEMS = 50  # per list; a reload refused by more problems says how many more
 MAX_DEPTH = 4
 QUEUE_LINES = 10_000  # lines waiting for stderr; beyond, lines are dropped and counted
-FLUSH_S = 0.8  # at exit, how long in all to wait for the queue to reach stderr (within shutdown's last second)
+FLUSH_S = (
+    0.8  # at exit, how long in all to wait for the queue to reach stderr (within shutdown's last second)
+)
 STACK_FRAMES = 6
 
 # A phone number as people and platforms write one: at least 7 digits, with any separators between two

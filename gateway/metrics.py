@@ -19,8 +19,24 @@ from prometheus_client import (
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Sub-millisecond answers are the normal case; the top buckets catch the deadline (1.5 s by default).
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                   1.5, 2.5, 5.0)
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    1.5,
+    2.5,
+    5.0,
+)
 
 REQUESTS = Counter(
     "routing_requests_total",
@@ -29,12 +45,23 @@ REQUESTS = Counter(
     ["protocol", "outcome"],
 )
 LATENCY = Histogram(
-    "routing_request_duration_seconds", "Time from request to answer, by protocol.", ["protocol"],
+    "routing_request_duration_seconds",
+    "Time from request to answer, by protocol.",
+    ["protocol"],
     buckets=LATENCY_BUCKETS,
 )
 RULES = Counter("routing_rule_matches_total", "Decisions made by each rule.", ["rule"])
 LOOKUP_RESULTS = (
-    "hit", "stale", "miss", "not_found", "rejected", "failed", "timeout", "open", "skipped", "abandoned"
+    "hit",
+    "stale",
+    "miss",
+    "not_found",
+    "rejected",
+    "failed",
+    "timeout",
+    "open",
+    "skipped",
+    "abandoned",
 )
 LOOKUPS = Counter(
     "routing_lookups_total",
@@ -43,7 +70,9 @@ LOOKUPS = Counter(
     ["result"],
 )
 LOOKUP_LATENCY = Histogram(
-    "routing_lookup_duration_seconds", "Duration of requests made to the lookup service.", buckets=LATENCY_BUCKETS
+    "routing_lookup_duration_seconds",
+    "Duration of requests made to the lookup service.",
+    buckets=LATENCY_BUCKETS,
 )
 FALLBACKS = Counter(
     "routing_fallbacks_total",
@@ -52,7 +81,9 @@ FALLBACKS = Counter(
     ["reason"],
 )
 RELOADS = Counter(
-    "routing_config_reloads_total", "Config reloads by result (ok, invalid, unchanged: the same version).", ["result"]
+    "routing_config_reloads_total",
+    "Config reloads by result (ok, invalid, unchanged: the same version).",
+    ["result"],
 )
 STORE_EVICTIONS = Counter(
     "routing_store_evictions_total",
@@ -63,7 +94,8 @@ LOG_DROPPED = Counter(
     "routing_log_lines_dropped_total", "Log lines dropped because the log output did not keep up."
 )
 STORE_UP = Gauge(
-    "routing_store_up", "1 while the store answers (Redis, or the in-process store); 0 while Redis is down.",
+    "routing_store_up",
+    "1 while the store answers (Redis, or the in-process store); 0 while Redis is down.",
     multiprocess_mode="livemin",
 )
 CONFIG = Gauge(
@@ -73,7 +105,8 @@ CONFIG = Gauge(
     multiprocess_mode="livemax",
 )
 CONFIG_LOADED = Gauge(
-    "routing_config_loaded_timestamp_seconds", "When the running config was loaded (Unix time).",
+    "routing_config_loaded_timestamp_seconds",
+    "When the running config was loaded (Unix time).",
     multiprocess_mode="livemax",
 )
 

@@ -20,9 +20,21 @@ from gateway import metrics
 from gateway.logs import event
 
 # Changing these needs a restart: they shape the process (listening socket, TLS, workers, store).
-RESTART_ONLY = ("server.host", "server.port", "server.workers", "server.tls_cert", "server.tls_key",
-                "server.access_log", "server.max_header_bytes", "server.max_headers", "server.read_timeout_ms",
-                "server.keepalive_timeout_s", "server.max_connections", "server.shutdown_timeout_s", "store")
+RESTART_ONLY = (
+    "server.host",
+    "server.port",
+    "server.workers",
+    "server.tls_cert",
+    "server.tls_key",
+    "server.access_log",
+    "server.max_header_bytes",
+    "server.max_headers",
+    "server.read_timeout_ms",
+    "server.keepalive_timeout_s",
+    "server.max_connections",
+    "server.shutdown_timeout_s",
+    "store",
+)
 
 
 class Reloader:
@@ -46,7 +58,9 @@ class Reloader:
                 new = await asyncio.to_thread(config_mod.load, old.path)
             except ConfigError as exc:
                 metrics.RELOADS.labels("invalid").inc()
-                event("reload refused", logging.ERROR, reason=reason, version=old.version, problems=exc.problems)
+                event(
+                    "reload refused", logging.ERROR, reason=reason, version=old.version, problems=exc.problems
+                )
                 return False
             if new.version == old.version:
                 # Nothing to swap, but the operator who sent the signal sees it arrived.
@@ -59,8 +73,12 @@ class Reloader:
             metrics.config_loaded(new.version, old.version, time.time())
             event("reloaded", reason=reason, version=new.version, previous=old.version)
             if changed:
-                event("restart needed", logging.WARNING, keys=changed,
-                      note="these settings take effect at the next start")
+                event(
+                    "restart needed",
+                    logging.WARNING,
+                    keys=changed,
+                    note="these settings take effect at the next start",
+                )
             return True
 
     def trigger(self, reason: str) -> None:

@@ -27,8 +27,15 @@ def free_port() -> int:
 class Gateway:
     """A ``routing-gateway serve`` process on a free port, with its log file."""
 
-    def __init__(self, config: Path, log: Path, args: tuple[str, ...] = (), env: dict | None = None,
-                 scheme: str = "http", verify=True) -> None:
+    def __init__(
+        self,
+        config: Path,
+        log: Path,
+        args: tuple[str, ...] = (),
+        env: dict | None = None,
+        scheme: str = "http",
+        verify=True,
+    ) -> None:
         self.config = config
         self.port = free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
@@ -37,7 +44,9 @@ class Gateway:
         full_env = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(
             [str(BIN), "serve", "--config", str(config), "--port", str(self.port), *args],
-            stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
         )
         self.client = httpx.Client(base_url=self.url, timeout=10, verify=verify)
         try:
@@ -90,7 +99,9 @@ def start_gateway(tmp_path):
     """Start gateways from a config text or path; all are stopped at the end of the test."""
     started: list[Gateway] = []
 
-    def start(config: str | Path, *args: str, env: dict | None = None, files: dict | None = None, **kw) -> Gateway:
+    def start(
+        config: str | Path, *args: str, env: dict | None = None, files: dict | None = None, **kw
+    ) -> Gateway:
         for name, text in (files or {}).items():
             (tmp_path / name).write_text(text)
         if isinstance(config, str):

@@ -101,7 +101,9 @@ def test_load_lists_every_problem(broken):
         load(broken)
     problems = info.value.problems
     for expected in EXPECTED:
-        assert any(p.startswith(expected) for p in problems), f"missing: {expected}\ngot:\n" + "\n".join(problems)
+        assert any(p.startswith(expected) for p in problems), f"missing: {expected}\ngot:\n" + "\n".join(
+            problems
+        )
 
 
 def test_check_cli_lists_every_problem_and_fails(broken):
@@ -112,8 +114,13 @@ def test_check_cli_lists_every_problem_and_fails(broken):
 
 
 def test_serve_refuses_a_broken_config_with_the_same_list(broken):
-    run = subprocess.run([BIN, "serve", "--config", str(broken), "--port", str(free_port())],
-                         check=False, capture_output=True, text=True, timeout=30)
+    run = subprocess.run(
+        [BIN, "serve", "--config", str(broken), "--port", str(free_port())],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert run.returncode == 1
     # A server writes only JSON lines: the problems come as one "not started" event.
     lines = [json.loads(line) for line in run.stderr.splitlines()]
@@ -125,13 +132,19 @@ def test_serve_refuses_a_broken_config_with_the_same_list(broken):
 
 
 def test_shipped_config_is_valid_and_warns_about_open_endpoint():
-    run = subprocess.run([BIN, "check", str(ROOT / "config.toml")], check=False, capture_output=True, text=True)
+    run = subprocess.run(
+        [BIN, "check", str(ROOT / "config.toml")], check=False, capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr
     assert "ok (version" in run.stdout
     # Once, in check's own output; a dry run does not repeat it.
     assert run.stdout.count("open to anyone") == 1 and not run.stderr
-    dry = subprocess.run([BIN, "route", "--config", str(ROOT / "config.toml"), '{"anum": "+3581"}'],
-                         check=False, capture_output=True, text=True)
+    dry = subprocess.run(
+        [BIN, "route", "--config", str(ROOT / "config.toml"), '{"anum": "+3581"}'],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert dry.returncode == 0 and "open to anyone" not in dry.stdout + dry.stderr
 
 
@@ -260,13 +273,17 @@ then = { target = "Q", required_agent = "{caller.agnet}", preferred_agents = ["{
         load(path)
     assert info.value.problems == [
         'callers."+358 40 765 432O": can never be a caller\'s number (an optional + and 3 to 20 digits)',
-        ("rules[0] (key-accounts).then.required_agent: no caller source has the attribute 'agnet' "
-         "(not [callers], not a directory file's columns, not lookup.attributes)")
+        (
+            "rules[0] (key-accounts).then.required_agent: no caller source has the attribute 'agnet' "
+            "(not [callers], not a directory file's columns, not lookup.attributes)"
+        ),
     ]
     # The name is fine once the lookup gives it; a base with a trailing slash routes as without one.
-    path.write_text(path.read_text().replace('[callers."+358 40 765 432O"]\ntags = ["typo"]\n', "").replace(
-        "[eml]", "[lookup]\nurl = 'http://crm/{caller}'\n"
-                                             "attributes = ['agnet']\n[eml]"))
+    path.write_text(
+        path.read_text()
+        .replace('[callers."+358 40 765 432O"]\ntags = ["typo"]\n', "")
+        .replace("[eml]", "[lookup]\nurl = 'http://crm/{caller}'\nattributes = ['agnet']\n[eml]")
+    )
     assert load(path).config.eml.base == "/qm"
 
 

@@ -36,8 +36,8 @@ def test_schedule_weekly_ranges_and_closed_dates():
     assert not h.is_open(monday.replace(hour=12, minute=30))
     assert h.is_open(monday.replace(hour=15, minute=59))
     assert not h.is_open(monday.replace(hour=16))
-    assert not h.is_open(monday + dt.timedelta(days=1, hours=9))       # Tuesday not given: closed
-    assert not h.is_open(dt.datetime(2026, 11, 30, 9, tzinfo=HEL))    # closed date
+    assert not h.is_open(monday + dt.timedelta(days=1, hours=9))  # Tuesday not given: closed
+    assert not h.is_open(dt.datetime(2026, 11, 30, 9, tzinfo=HEL))  # closed date
 
 
 def test_schedule_follows_daylight_saving():
@@ -55,15 +55,38 @@ def test_schedule_until_midnight():
     assert not h.is_open(dt.datetime(2026, 11, 28, 0, 0, tzinfo=dt.UTC))
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("35", 35), ("0", 0), ("02:03", 123), ("01:02:03", 3723),
-                                                (" 7 ", 7), ("100:00:00", 360000), ("1:60", None), ("abc", None),
-                                                ("3.5", None), ("-4", None), ("", None), ("1:2:3:4", None), ("٣", None)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("35", 35),
+        ("0", 0),
+        ("02:03", 123),
+        ("01:02:03", 3723),
+        (" 7 ", 7),
+        ("100:00:00", 360000),
+        ("1:60", None),
+        ("abc", None),
+        ("3.5", None),
+        ("-4", None),
+        ("", None),
+        ("1:2:3:4", None),
+        ("٣", None),
+    ],
+)
 def test_call_time(text, seconds):
     assert call_time(text) == seconds
 
 
-@pytest.mark.parametrize(("raw", "norm"), [("+358 50 123-1234", "+358501231234"), ("00358501231234", "+358501231234"),
-                                           ("(09) 123 456", "09123456"), ("5032505555", "5032505555"), ("", "")])
+@pytest.mark.parametrize(
+    ("raw", "norm"),
+    [
+        ("+358 50 123-1234", "+358501231234"),
+        ("00358501231234", "+358501231234"),
+        ("(09) 123 456", "09123456"),
+        ("5032505555", "5032505555"),
+        ("", ""),
+    ],
+)
 def test_normalise(raw, norm):
     assert normalise(raw) == norm
 
@@ -143,7 +166,9 @@ async def test_needs_destination_falls_back_to_the_classification(rules):
     q = RoutingQuery(protocol="eml", service="One", needs_destination=True)
     d = await decide(q, ctx(rules))
     assert d.rule is None and d.target == "only" and d.id
-    assert not (await decide(RoutingQuery(protocol="eml", service="Nope", needs_destination=True), ctx(rules))).target
+    assert not (
+        await decide(RoutingQuery(protocol="eml", service="Nope", needs_destination=True), ctx(rules))
+    ).target
 
 
 async def test_concurrent_retries_allocate_once(rules):
@@ -177,7 +202,9 @@ def test_fallback_touches_no_store(rules):
 
 def test_shipped_config_routes_the_seed_vip():
     loaded = load(Path(__file__).resolve().parent.parent / "config.toml")
-    q = RoutingQuery(protocol="smartrouting", caller="+358501231234", dialed="+4612312345", service="SALES_QUEUE")
+    q = RoutingQuery(
+        protocol="smartrouting", caller="+358501231234", dialed="+4612312345", service="SALES_QUEUE"
+    )
     d = asyncio.run(decide(q, ctx(loaded.rules, MONDAY_10)))
     assert d.rule == "vip-to-own-agent" and d.required_agent == "agent1@customer.com"
 
@@ -187,11 +214,14 @@ async def test_priority_zero_is_answered(tmp_path):
     from adapters import smartrouting
 
     path = tmp_path / "p.toml"
-    path.write_text('[[rules]]\nname = "calm"\nwhen = { service = "A" }\nthen = { priority = 0 }\n'
-                    '[[rules]]\nname = "calm-q"\nwhen = { service = "B" }\nthen = { target = "Q", extra_priority = 0 }\n')
+    path.write_text(
+        '[[rules]]\nname = "calm"\nwhen = { service = "A" }\nthen = { priority = 0 }\n'
+        '[[rules]]\nname = "calm-q"\nwhen = { service = "B" }\nthen = { target = "Q", extra_priority = 0 }\n'
+    )
     base = load(path).rules
     alone = await decide(RoutingQuery(protocol="smartrouting", service="A"), ctx(base))
     assert smartrouting.render(alone, RoutingQuery(protocol="smartrouting")).body == b'{"Priority":0}'
     beside = await decide(RoutingQuery(protocol="smartrouting", service="B"), ctx(base))
     assert smartrouting.render(beside, RoutingQuery(protocol="smartrouting")).body == (
-        b'{"InitialTarget":"Q","ExtraPriority":0}')
+        b'{"InitialTarget":"Q","ExtraPriority":0}'
+    )

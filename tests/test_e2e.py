@@ -18,17 +18,30 @@ def sr(e2e, anum="+358509999999", bnum="+358100000", targetid="QUEUE", **extra):
 
 # --- the seed documents' own examples --------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("caller", "expected"),
     [
         ("+358500000001", {"InitialTarget": "+358123456789"}),
-        ("+358500000002", {"InitialTarget": "cd1258fb-0aae-4159-ba9e-41c57c69c398",
-                           "CustomTTS": "[en-GB] Greetings caller. [fi-FI] Tervehdys soittaja"}),
-        ("+358500000003", {"InitialTarget": "DISCONNECT:",
-                           "CustomTTS": "This call will be disconnected, sorry about that"}),
+        (
+            "+358500000002",
+            {
+                "InitialTarget": "cd1258fb-0aae-4159-ba9e-41c57c69c398",
+                "CustomTTS": "[en-GB] Greetings caller. [fi-FI] Tervehdys soittaja",
+            },
+        ),
+        (
+            "+358500000003",
+            {"InitialTarget": "DISCONNECT:", "CustomTTS": "This call will be disconnected, sorry about that"},
+        ),
         ("+358500000004", {"InitialTarget": "+358123456789", "RequiredTarget": "agent1@customer.com"}),
-        ("+358500000005", {"InitialTarget": "+358123456789",
-                           "AllocationTargets": ["agent1@customer.com", "agent2@customer.com"]}),
+        (
+            "+358500000005",
+            {
+                "InitialTarget": "+358123456789",
+                "AllocationTargets": ["agent1@customer.com", "agent2@customer.com"],
+            },
+        ),
         ("+358500000006", {"Priority": 10000}),
         ("+358500000007", {"ExtraPriority": 100}),
     ],
@@ -74,10 +87,14 @@ def test_seed_eml_not_found(e2e):
 def test_seed_eml_bad_request(e2e):
     r = e2e.eml({"callID": "c1", "rclassification": 7, "callTime": "35"})
     assert r.status_code == 400
-    assert r.content == b'{"message":["rclassification must be a string"],"error":"Bad Request","statusCode":400}'
+    assert (
+        r.content
+        == b'{"message":["rclassification must be a string"],"error":"Bad Request","statusCode":400}'
+    )
 
 
 # --- SmartRouting scenarios --------------------------------------------------------------------
+
 
 def test_unknown_caller_gets_default_routing(e2e):
     r = sr(e2e)
@@ -108,8 +125,11 @@ def test_required_agent_left_out_when_attribute_unknown(e2e):
 
 def test_caller_from_directory_file(e2e):
     r = sr(e2e, anum="+46701110001")
-    assert r.json() == {"InitialTarget": "partner-queue", "RequiredTarget": "agent3@customer.com",
-                        "CustomMSI": "PARTNER,3600"}
+    assert r.json() == {
+        "InitialTarget": "partner-queue",
+        "RequiredTarget": "agent3@customer.com",
+        "CustomMSI": "PARTNER,3600",
+    }
 
 
 def test_caller_prefix_rule(e2e):
@@ -135,7 +155,10 @@ def test_extradata_attribute_rules(e2e):
 
 def test_schedules_open_and_closed(e2e):
     assert sr(e2e, targetid="OPEN_Q").json() == {"InitialTarget": "OPEN_TARGET"}
-    assert sr(e2e, targetid="CLOSED_Q").json() == {"InitialTarget": "DISCONNECT:", "CustomTTS": "[en-GB] We are closed."}
+    assert sr(e2e, targetid="CLOSED_Q").json() == {
+        "InitialTarget": "DISCONNECT:",
+        "CustomTTS": "[en-GB] We are closed.",
+    }
     assert sr(e2e, targetid="NEVER_Q").status_code == 204
 
 
@@ -158,15 +181,23 @@ def test_smartrouting_auth(e2e):
     ok = e2e.client.post("/smartrouting", json=body, headers={"Authorization": f"Basic {basic}"})
     assert ok.json() == {"Priority": 10000}
     wrong = base64.b64encode(b"enreach:nope").decode()
-    assert e2e.client.post("/smartrouting", json=body, headers={"Authorization": f"Basic {wrong}"}).status_code == 401
-    assert e2e.client.post("/smartrouting", json=body, headers={"Authorization": "Basic !!!"}).status_code == 401
+    assert (
+        e2e.client.post("/smartrouting", json=body, headers={"Authorization": f"Basic {wrong}"}).status_code
+        == 401
+    )
+    assert (
+        e2e.client.post("/smartrouting", json=body, headers={"Authorization": "Basic !!!"}).status_code == 401
+    )
 
 
 # --- EML scenarios -----------------------------------------------------------------------------
 
+
 def test_round_robin_in_order(e2e):
-    numbers = [e2e.eml({"callID": f"rr-{i}", "rclassification": "Sales", "callTime": "1"}).json()["number"]
-               for i in range(6)]
+    numbers = [
+        e2e.eml({"callID": f"rr-{i}", "rclassification": "Sales", "callTime": "1"}).json()["number"]
+        for i in range(6)
+    ]
     start = ["100", "101", "102"].index(numbers[0])
     expected = [["100", "101", "102"][(start + i) % 3] for i in range(6)]
     assert numbers == expected
@@ -197,13 +228,15 @@ def test_customer_rule(e2e):
 
 def test_call_time_rules(e2e):
     def number(call_time, call_id):
-        return e2e.eml({"callID": call_id, "rclassification": "Support", "callTime": call_time}).json()["number"]
+        return e2e.eml({"callID": call_id, "rclassification": "Support", "callTime": call_time}).json()[
+            "number"
+        ]
 
-    assert number("700", "ct-1") == "300"          # long: tier 2
-    assert number("00:10:00", "ct-2") == "300"     # MM:SS form, 600 s
-    assert number("5", "ct-3") == "777"            # short
-    assert number("100", "ct-4") == "200"          # neither: the classification's own
-    assert number("a while", "ct-5") == "200"      # unreadable matches neither bound
+    assert number("700", "ct-1") == "300"  # long: tier 2
+    assert number("00:10:00", "ct-2") == "300"  # MM:SS form, 600 s
+    assert number("5", "ct-3") == "777"  # short
+    assert number("100", "ct-4") == "200"  # neither: the classification's own
+    assert number("a while", "ct-5") == "200"  # unreadable matches neither bound
 
 
 def test_eml_disconnect_is_not_available(e2e):

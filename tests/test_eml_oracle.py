@@ -11,7 +11,9 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-RECORDED = [json.loads(line) for line in (Path(__file__).parent / "data" / "nest_oracle" / "nest10.jsonl").open()]
+RECORDED = [
+    json.loads(line) for line in (Path(__file__).parent / "data" / "nest_oracle" / "nest10.jsonl").open()
+]
 
 
 def _body(case: dict) -> bytes:
@@ -20,15 +22,21 @@ def _body(case: dict) -> bytes:
 
 # Where the gateway answers otherwise than the original did, on purpose: (which cases, what instead, why).
 OVERRIDES = [
-    (lambda c: c["content_type"] == "application/json; charset=utf-16",
-     (415, '{"statusCode":415,"message":"unsupported charset \\"UTF-16\\""}'),
-     "SPEC: any charset but UTF-8 is 415; the original decoded UTF-16 and failed to parse it"),
-    (lambda c: _body(c).startswith(b'{"callID":[[[[['),
-     (400, '{"message":["callID must be a string"],"error":"Bad Request","statusCode":400}'),
-     "SPEC section 7: deep nesting is the protocol's own 400; the original overflowed its stack into a 500"),
-    (lambda c: b"\\ud800" in _body(c),
-     (201, None),
-     "a lone surrogate in callID comes back as U+FFFD (the original echoed it escaped)"),
+    (
+        lambda c: c["content_type"] == "application/json; charset=utf-16",
+        (415, '{"statusCode":415,"message":"unsupported charset \\"UTF-16\\""}'),
+        "SPEC: any charset but UTF-8 is 415; the original decoded UTF-16 and failed to parse it",
+    ),
+    (
+        lambda c: _body(c).startswith(b'{"callID":[[[[['),
+        (400, '{"message":["callID must be a string"],"error":"Bad Request","statusCode":400}'),
+        "SPEC section 7: deep nesting is the protocol's own 400; the original overflowed its stack into a 500",
+    ),
+    (
+        lambda c: b"\\ud800" in _body(c),
+        (201, None),
+        "a lone surrogate in callID comes back as U+FFFD (the original echoed it escaped)",
+    ),
 ]
 
 

@@ -131,10 +131,18 @@ def test_what_is_not_a_phone_number_is_kept(kept):
     assert line["event"] == kept and line["value"] == kept
 
 
-@pytest.mark.parametrize("text", [
-    "+358.50.123.1234", "358.50.123.1234", "+358501   231234", "+358\u200950\u2009123\u20091234",
-    "+358\u300050\u3000123\u30001234", 'callers."+358.40.765.4321".tags', "/call/request/358.50.123.1234?b=1",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "+358.50.123.1234",
+        "358.50.123.1234",
+        "+358501   231234",
+        "+358\u200950\u2009123\u20091234",
+        "+358\u300050\u3000123\u30001234",
+        'callers."+358.40.765.4321".tags',
+        "/call/request/358.50.123.1234?b=1",
+    ],
+)
 def test_every_way_normalise_reads_a_number_is_masked(text):
     # Whatever the gateway takes for a caller's number is masked in a line too.
     from core.numbers import normalise
@@ -146,7 +154,11 @@ def test_every_way_normalise_reads_a_number_is_masked(text):
 
 def test_addresses_and_dates_stay_readable():
     _, line = fmt("x", a="192.168.100.200:54321", b="2026-11-23T10:00:00+02:00", c="10.1.2.3")
-    assert (line["a"], line["b"], line["c"]) == ("192.168.100.200:54321", "2026-11-23T10:00:00+02:00", "10.1.2.3")
+    assert (line["a"], line["b"], line["c"]) == (
+        "192.168.100.200:54321",
+        "2026-11-23T10:00:00+02:00",
+        "10.1.2.3",
+    )
 
 
 def test_own_fields_and_numbers_are_kept():
@@ -451,8 +463,15 @@ def test_started_says_where_it_listens(start_gateway, workers):
         time.sleep(0.05)
     assert len(started()) == 1
     line = started()[0]
-    assert (line["host"], line["port"], line["scheme"], line["workers"]) == ("127.0.0.1", gw.port, "http", workers)
-    assert line["pid"] == gw.proc.pid and line["version"] == gw.client.get("/readyz").json()["config"]["version"]
+    assert (line["host"], line["port"], line["scheme"], line["workers"]) == (
+        "127.0.0.1",
+        gw.port,
+        "http",
+        workers,
+    )
+    assert (
+        line["pid"] == gw.proc.pid and line["version"] == gw.client.get("/readyz").json()["config"]["version"]
+    )
 
 
 def pending(fd: int) -> int:
@@ -527,7 +546,9 @@ def test_a_stalled_stderr_does_not_stretch_shutdown(tmp_path):
     port = free_port()
     proc = subprocess.Popen(
         [str(BIN), "serve", "--config", str(config), "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **ENV},
     )
     err = proc.stderr.fileno()
     try:
@@ -546,7 +567,10 @@ def test_a_stalled_stderr_does_not_stretch_shutdown(tmp_path):
             body = {"anum": "+358501231234", "targetid": "T" * 200}
             for sent in range(30_000):
                 assert client.post("/smartrouting", json=body, headers=SR).status_code == 200
-                if sent % 500 == 0 and "routing_log_lines_dropped_total 0.0" not in client.get("/metrics").text:
+                if (
+                    sent % 500 == 0
+                    and "routing_log_lines_dropped_total 0.0" not in client.get("/metrics").text
+                ):
                     break
             assert pending(err) > size - 1024
         began = time.monotonic()

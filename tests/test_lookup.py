@@ -13,10 +13,19 @@ pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 
 def config(crm, store: str = "", **lookup) -> str:
-    options = {"ttl_s": 60, "negative_ttl_s": 60, "timeout_ms": 800, "attributes": '["agent", "language", "nested"]',
-               "failures_to_open": 3, "open_s": 30, **lookup}
-    lines = "\n".join(f"{k} = {v if isinstance(v, (int, float)) or str(v).startswith('[') else repr(v)}"
-                      for k, v in options.items())
+    options = {
+        "ttl_s": 60,
+        "negative_ttl_s": 60,
+        "timeout_ms": 800,
+        "attributes": '["agent", "language", "nested"]',
+        "failures_to_open": 3,
+        "open_s": 30,
+        **lookup,
+    }
+    lines = "\n".join(
+        f"{k} = {v if isinstance(v, (int, float)) or str(v).startswith('[') else repr(v)}"
+        for k, v in options.items()
+    )
     return f"""
 [server]
 deadline_ms = 1500
@@ -64,8 +73,11 @@ def test_vip_found_by_crm_is_routed_and_cached(start_gateway, crm):
     gw = start_gateway(config(crm), env=ENV)
     first = call(gw, "0046 70 123 45 67")
     assert first.status_code == 200
-    assert first.json() == {"InitialTarget": "VIP_QUEUE", "RequiredTarget": "crm-agent@customer.com",
-                            "CustomTTS": "[sv-SE] Hej"}
+    assert first.json() == {
+        "InitialTarget": "VIP_QUEUE",
+        "RequiredTarget": "crm-agent@customer.com",
+        "CustomTTS": "[sv-SE] Hej",
+    }
     for _ in range(5):
         assert call(gw, "+46701234567").json() == first.json()
     assert crm.hits["+46701234567"] == 1
@@ -92,8 +104,9 @@ def test_concurrent_calls_from_one_new_number_make_one_request(start_gateway, cr
 
     async def burst():
         async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
-            return await asyncio.gather(*(client.post("/smartrouting", json={"anum": "+46700000003"})
-                                          for _ in range(20)))
+            return await asyncio.gather(
+                *(client.post("/smartrouting", json={"anum": "+46700000003"}) for _ in range(20))
+            )
 
     answers = asyncio.run(burst())
     assert {r.status_code for r in answers} == {200}
@@ -122,7 +135,10 @@ def test_failing_crm_falls_back_to_default_routing(start_gateway, crm, mode):
     crm.modes["+358501231234"] = mode
     gw = start_gateway(config(crm), env=ENV)
     assert call(gw, "+46700000005").status_code == 204
-    assert call(gw, "+358501231234").json() == {"InitialTarget": "DIR_VIP", "RequiredTarget": "dir-agent@customer.com"}
+    assert call(gw, "+358501231234").json() == {
+        "InitialTarget": "DIR_VIP",
+        "RequiredTarget": "dir-agent@customer.com",
+    }
     # Failures are not cached: the next call asks again.
     call(gw, "+46700000005")
     assert crm.hits["+46700000005"] == 2
@@ -148,8 +164,12 @@ def test_lookup_merges_over_the_directory(start_gateway, crm):
     gw = start_gateway(config(crm), env=ENV)
     # Tags joined (crm "vip" + directory "directory-vip": the first rule wins), CRM attributes win,
     # the directory's own attributes stay.
-    assert call(gw, "+358501231234").json() == {"InitialTarget": "VIP_QUEUE", "RequiredTarget": "crm-agent@customer.com",
-                                                "CustomTTS": "[sv-SE] Hej", "FailTarget": "north"}
+    assert call(gw, "+358501231234").json() == {
+        "InitialTarget": "VIP_QUEUE",
+        "RequiredTarget": "crm-agent@customer.com",
+        "CustomTTS": "[sv-SE] Hej",
+        "FailTarget": "north",
+    }
 
 
 def test_stale_entry_served_while_one_refresh_runs(start_gateway, crm):

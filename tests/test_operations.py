@@ -80,10 +80,14 @@ def traffic(gw):
     for _ in range(2):
         assert gw.client.post("/smartrouting", json={"anum": "+3584"}, headers=SR).status_code == 204
     for i in range(2):
-        assert gw.client.post("/call/request", json={"callID": f"m{i}", "rclassification": "Sales",
-                                                     "callTime": "1"}, headers=EML).json()["success"]
-    assert gw.client.post("/call/request", json={"callID": "m9", "rclassification": "Nope", "callTime": "1"},
-                          headers=EML).json() == {"success": False, "message": "Nope not found"}
+        assert gw.client.post(
+            "/call/request",
+            json={"callID": f"m{i}", "rclassification": "Sales", "callTime": "1"},
+            headers=EML,
+        ).json()["success"]
+    assert gw.client.post(
+        "/call/request", json={"callID": "m9", "rclassification": "Nope", "callTime": "1"}, headers=EML
+    ).json() == {"success": False, "message": "Nope not found"}
     assert gw.client.post("/call/request", json={"callID": 5}, headers=EML).status_code == 400
     assert gw.client.post("/smartrouting", json={}).status_code == 401
 
@@ -109,11 +113,17 @@ def test_metrics_count_known_traffic(start_gateway):
 def test_known_series_start_at_zero(start_gateway):
     # An alert on a rate must see 0 before the first event, not "no data": each series must be there.
     m = samples(start_gateway(rule_config("Z"), env=SECRETS))
-    expected = [("routing_lookups_total", {"result": r})
-                for r in ("hit", "miss", "rejected", "failed", "timeout", "open", "skipped")]
-    expected += [("routing_fallbacks_total", {"reason": "deadline"}), ("routing_fallbacks_total", {"reason": "store"}),
-                 ("routing_config_reloads_total", {"result": "invalid"}), ("routing_store_evictions_total", {}),
-                 ("routing_log_lines_dropped_total", {})]
+    expected = [
+        ("routing_lookups_total", {"result": r})
+        for r in ("hit", "miss", "rejected", "failed", "timeout", "open", "skipped")
+    ]
+    expected += [
+        ("routing_fallbacks_total", {"reason": "deadline"}),
+        ("routing_fallbacks_total", {"reason": "store"}),
+        ("routing_config_reloads_total", {"result": "invalid"}),
+        ("routing_store_evictions_total", {}),
+        ("routing_log_lines_dropped_total", {}),
+    ]
     for name, labels in expected:
         assert m[(name, tuple(sorted(labels.items())))] == 0, (name, labels)
 
@@ -157,7 +167,9 @@ def test_reload_on_sighup_and_refusal_of_an_invalid_file(start_gateway):
     assert value(m, "routing_config_reloads_total", result="ok") >= 1
     assert value(m, "routing_config_reloads_total", result="invalid") >= 1
     # Only the running version has a series: reloads do not pile them up.
-    assert [k for k in m if k[0] == "routing_config_info"] == [("routing_config_info", (("version", v2["version"]),))]
+    assert [k for k in m if k[0] == "routing_config_info"] == [
+        ("routing_config_info", (("version", v2["version"]),))
+    ]
     assert value(m, "routing_config_info", version=v2["version"]) == 1
     assert gw.proc.poll() is None
 
@@ -180,7 +192,9 @@ def test_sighup_on_an_unchanged_file_says_so(start_gateway):
     gw.signal(signal.SIGHUP)
     assert wait_for(lambda: "reload unchanged" in gw.logs())
     (line,) = [json.loads(x) for x in gw.logs().splitlines() if '"reload unchanged"' in x]
-    assert line["reason"] == "SIGHUP" and line["version"] == gw.client.get("/readyz").json()["config"]["version"]
+    assert (
+        line["reason"] == "SIGHUP" and line["version"] == gw.client.get("/readyz").json()["config"]["version"]
+    )
     assert line["pid"] == gw.proc.pid
     assert value(samples(gw), "routing_config_reloads_total", result="unchanged") == 1
 
@@ -229,7 +243,8 @@ def test_reload_with_workers(start_gateway):
         for _ in range(10):
             with httpx.Client(base_url=gw.url) as c:
                 if c.post("/smartrouting", json={"anum": "+358501231234"}, headers=SR).json() != {
-                        "InitialTarget": "W-NEW"}:
+                    "InitialTarget": "W-NEW"
+                }:
                     return False
         return True
 
@@ -250,8 +265,9 @@ def test_https(start_gateway, tmp_path):
     context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
     gw = start_gateway(tls + rule_config("TLS"), env=SECRETS, scheme="https", verify=context)
     assert vip(gw).json() == {"InitialTarget": "TLS"}
-    r = gw.client.post("/call/request", json={"callID": "t1", "rclassification": "Sales", "callTime": "1"},
-                       headers=EML)
+    r = gw.client.post(
+        "/call/request", json={"callID": "t1", "rclassification": "Sales", "callTime": "1"}, headers=EML
+    )
     assert r.status_code == 201 and r.json()["number"] in ("100", "101")
     with pytest.raises(httpx.TransportError):
         httpx.post(f"http://127.0.0.1:{gw.port}/smartrouting", json={}, timeout=3)
@@ -263,21 +279,30 @@ def test_https(start_gateway, tmp_path):
 
 def test_allow_networks_behind_a_trusted_proxy(start_gateway):
     extra = '[smartrouting]\nallow_networks = ["80.88.186.0/24"]\n[eml]\nallow_networks = ["10.0.0.0/8"]\n'
-    text = rule_config("P").replace("[smartrouting]\n", extra.split("[eml]")[0], 1).replace(
-        '[eml]\n', "[eml]\n" + 'allow_networks = ["10.0.0.0/8"]\n', 1)
+    text = (
+        rule_config("P")
+        .replace("[smartrouting]\n", extra.split("[eml]")[0], 1)
+        .replace("[eml]\n", "[eml]\n" + 'allow_networks = ["10.0.0.0/8"]\n', 1)
+    )
     direct = start_gateway(text, env=SECRETS)
     # Without trusted proxies X-Forwarded-For is not believed: 127.0.0.1 is outside the list.
-    r = direct.client.post("/smartrouting", json={"anum": "+358501231234"},
-                           headers={**SR, "X-Forwarded-For": "80.88.186.10"})
+    r = direct.client.post(
+        "/smartrouting", json={"anum": "+358501231234"}, headers={**SR, "X-Forwarded-For": "80.88.186.10"}
+    )
     assert r.status_code == 403 and r.json() == {"error": "source address not allowed"}
     r = direct.client.post("/call/request", json={}, headers={**EML, "X-Forwarded-For": "10.1.1.1"})
     assert r.status_code == 403 and r.content == b'{"message":"Forbidden","statusCode":403}'
 
     proxied = start_gateway('[server]\ntrusted_proxies = ["127.0.0.1/32"]\n' + text, env=SECRETS)
-    ok = proxied.client.post("/smartrouting", json={"anum": "+358501231234"},
-                             headers={**SR, "X-Forwarded-For": "203.0.113.9, 80.88.186.10"})
+    ok = proxied.client.post(
+        "/smartrouting",
+        json={"anum": "+358501231234"},
+        headers={**SR, "X-Forwarded-For": "203.0.113.9, 80.88.186.10"},
+    )
     assert ok.json() == {"InitialTarget": "P"}
-    spoofed = proxied.client.post("/smartrouting", json={}, headers={**SR, "X-Forwarded-For": "80.88.186.10, 8.8.8.8"})
+    spoofed = proxied.client.post(
+        "/smartrouting", json={}, headers={**SR, "X-Forwarded-For": "80.88.186.10, 8.8.8.8"}
+    )
     assert spoofed.status_code == 403
     assert proxied.client.post("/smartrouting", json={}, headers=SR).status_code == 403
 
@@ -334,9 +359,14 @@ def test_graceful_shutdown_finishes_in_flight_webhooks(start_gateway, crm):
 def test_logs_mask_numbers_and_never_hold_a_secret(start_gateway):
     gw = start_gateway(rule_config("L"), env=SECRETS)
     traffic(gw)
-    gw.client.post("/smartrouting", json={"anum": "+358501231234"}, headers={"X-Benemen-APIKey": "wrong-guess"})
-    gw.client.post("/smartrouting", json={"anum": "+358501231234"},
-                   headers={"Authorization": "Basic b3BzOnNyLXB3LTJiOGQxZQ=="})
+    gw.client.post(
+        "/smartrouting", json={"anum": "+358501231234"}, headers={"X-Benemen-APIKey": "wrong-guess"}
+    )
+    gw.client.post(
+        "/smartrouting",
+        json={"anum": "+358501231234"},
+        headers={"Authorization": "Basic b3BzOnNyLXB3LTJiOGQxZQ=="},
+    )
     gw.signal(signal.SIGHUP)
     assert wait_for(lambda: "reload unchanged" in gw.logs())
     gw.stop()
@@ -353,7 +383,9 @@ def test_logs_mask_numbers_and_never_hold_a_secret(start_gateway):
 
 
 def test_route_explain_changes_nothing(start_gateway, tmp_path):
-    gw = start_gateway(rule_config("E") + """
+    gw = start_gateway(
+        rule_config("E")
+        + """
 [schedules.office]
 timezone = "Europe/Helsinki"
 mon = ["08:00-17:00"]
@@ -361,12 +393,19 @@ mon = ["08:00-17:00"]
 name = "sales-open"
 when = { protocol = "eml", service = "Sales", open = "office" }
 then = { service = "Sales" }
-""", env=SECRETS)
+""",
+        env=SECRETS,
+    )
     body = '{"callID":"x1","rclassification":"Sales","callTime":"1"}'
 
     def route(at):
-        run = subprocess.run([BIN, "route", "--config", str(gw.config), "--explain", "--at", at, body],
-                             check=False, capture_output=True, text=True, env={**SECRETS, "PATH": "/usr/bin:/bin"})
+        run = subprocess.run(
+            [BIN, "route", "--config", str(gw.config), "--explain", "--at", at, body],
+            check=False,
+            capture_output=True,
+            text=True,
+            env={**SECRETS, "PATH": "/usr/bin:/bin"},
+        )
         assert run.returncode == 0, run.stderr
         return run.stdout
 
@@ -386,18 +425,28 @@ then = { service = "Sales" }
 
 
 def test_route_explain_says_later_rules_are_not_reached(start_gateway):
-    gw = start_gateway(rule_config("FIRST") + """
+    gw = start_gateway(
+        rule_config("FIRST")
+        + """
 [[rules]]
 name = "also-vip"
 when = { tag = "vip" }
 then = { target = "SECOND" }
-""", env=SECRETS)
-    run = subprocess.run([BIN, "route", "--config", str(gw.config), "--explain", '{"anum": "+358501231234"}'],
-                         check=False, capture_output=True, text=True, env={**SECRETS, "PATH": "/usr/bin:/bin"})
+""",
+        env=SECRETS,
+    )
+    run = subprocess.run(
+        [BIN, "route", "--config", str(gw.config), "--explain", '{"anum": "+358501231234"}'],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**SECRETS, "PATH": "/usr/bin:/bin"},
+    )
     assert "* vip: matches: decides" in run.stdout
     assert "- also-vip: not reached (an earlier rule decided)" in run.stdout
-    r = gw.client.post("/call/request", json={"callID": "x1", "rclassification": "Sales", "callTime": "1"},
-                       headers=EML)
+    r = gw.client.post(
+        "/call/request", json={"callID": "x1", "rclassification": "Sales", "callTime": "1"}, headers=EML
+    )
     assert r.json()["number"] == "100"
 
 
@@ -406,8 +455,11 @@ def test_in_process_store_evictions_are_counted_and_logged(start_gateway):
     # counted, and the operator is told to raise max_entries.
     gw = start_gateway("[store]\nmax_entries = 100\n" + rule_config("E"), env=SECRETS)
     for i in range(150):
-        r = gw.client.post("/call/request", json={"callID": f"ev{i}", "rclassification": "Sales", "callTime": "1"},
-                           headers=EML)
+        r = gw.client.post(
+            "/call/request",
+            json={"callID": f"ev{i}", "rclassification": "Sales", "callTime": "1"},
+            headers=EML,
+        )
         assert r.status_code == 201
     assert value(samples(gw), "routing_store_evictions_total") == 50
     assert wait_for(lambda: '"event":"store evicted"' in gw.logs())
@@ -416,14 +468,18 @@ def test_in_process_store_evictions_are_counted_and_logged(start_gateway):
 
 
 def test_decision_line_says_what_was_answered(start_gateway):
-    gw = start_gateway(rule_config("ANSWER") + """
+    gw = start_gateway(
+        rule_config("ANSWER")
+        + """
 [callers."+358401110001"]
 tags = ["gone"]
 [[rules]]
 name = "hang-up"
 when = { tag = "gone" }
 then = { disconnect = true }
-""", env=SECRETS)
+""",
+        env=SECRETS,
+    )
     vip(gw)
     gw.client.post("/smartrouting", json={"anum": "+358401110001"}, headers=SR)
     assert wait_for(lambda: gw.logs().count('"event":"decision"') >= 2)
@@ -437,16 +493,22 @@ then = { disconnect = true }
 
 def test_eml_decision_line_answers_which_number_a_call_got(start_gateway):
     # "Which number did we give call X?" is one grep; an EML disconnect is not counted as routed.
-    gw = start_gateway(rule_config("E") + """
+    gw = start_gateway(
+        rule_config("E")
+        + """
 [[rules]]
 name = "closed-desk"
 when = { protocol = "eml", service = "Closed" }
 then = { disconnect = true }
-""", env=SECRETS)
-    r = gw.client.post("/call/request", json={"callID": "call-x1", "rclassification": "Sales", "callTime": "1"},
-                       headers=EML).json()
-    gw.client.post("/call/request", json={"callID": "call-x2", "rclassification": "Closed", "callTime": "1"},
-                   headers=EML)
+""",
+        env=SECRETS,
+    )
+    r = gw.client.post(
+        "/call/request", json={"callID": "call-x1", "rclassification": "Sales", "callTime": "1"}, headers=EML
+    ).json()
+    gw.client.post(
+        "/call/request", json={"callID": "call-x2", "rclassification": "Closed", "callTime": "1"}, headers=EML
+    )
     assert wait_for(lambda: gw.logs().count('"event":"decision"') >= 2)
     lines = [json.loads(x) for x in gw.logs().splitlines() if '"event":"decision"' in x]
     given = next(x for x in lines if x.get("call_id") == "call-x1")

@@ -3,6 +3,7 @@ stderr (uvicorn's, asyncio's, warnings, crashes included), and written behind th
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -480,9 +481,12 @@ def pending(fd: int) -> int:
 
 
 @pytest.mark.e2e
-def test_a_stalled_stderr_does_not_stop_webhooks(tmp_path):
+@contextlib.contextmanager
+def stalled_stderr(tmp_path, config_text: str):
+    """A gateway whose stderr is a 4 KiB pipe nobody reads (yet): (process, its stderr fd, pipe size,
+    a client). The process is killed if still running at the end."""
     config = tmp_path / "config.toml"
-    config.write_text(CONFIG)
+    config.write_text(config_text)
     port = free_port()
     proc = subprocess.Popen(
         [str(BIN), "serve", "--config", str(config), "--port", str(port)],
@@ -503,27 +507,50 @@ def test_a_stalled_stderr_does_not_stop_webhooks(tmp_path):
                         break
                 except httpx.TransportError:
                     time.sleep(0.05)
-            # Nobody reads stderr: after a dozen decision lines the pipe is full and stays full.
-            body = {"anum": "+358501231234", "targetid": "T" * 2000}
-            for _ in range(300):
-                assert client.post("/smartrouting", json=body, headers=SR).status_code == 200
-            assert pending(err) > size - 1024  # full: the next line does not fit
-            chunks: list[bytes] = []
-            reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(err, 65536), b"")))
-            reader.start()
-            assert client.post("/smartrouting", json=body, headers=SR).status_code == 200
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-        reader.join(10)
+            yield proc, err, size, client
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         proc.stderr.close()
+
+
+def test_a_stalled_stderr_does_not_stop_webhooks(tmp_path):
+    with stalled_stderr(tmp_path, CONFIG) as (proc, err, size, client):
+        # Nobody reads stderr: after a dozen decision lines the pipe is full and stays full.
+        body = {"anum": "+358501231234", "targetid": "T" * 2000}
+        for _ in range(300):
+            assert client.post("/smartrouting", json=body, headers=SR).status_code == 200
+        assert pending(err) > size - 1024  # full: the next line does not fit
+        chunks: list[bytes] = []
+        reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(err, 65536), b"")))
+        reader.start()
+        assert client.post("/smartrouting", json=body, headers=SR).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        reader.join(10)
     lines = check_lines(b"".join(chunks).decode())
     # Nothing was lost: the queue held what the pipe could not take, and the last line came out at exit.
     assert sum(x["event"] == "decision" for x in lines) == 301
     assert lines[-1]["event"] == "stopped"
+
+
+def test_a_stalled_stderr_does_not_stretch_shutdown(tmp_path):
+    # With stderr full for good, SIGTERM still ends the process within shutdown_timeout_s: the lines
+    # that cannot be written are given up on once, not waited for at every flush.
+    with stalled_stderr(tmp_path, "[server]\nshutdown_timeout_s = 3\n" + CONFIG) as (proc, err, size, client):
+        # Until the queue behind the full pipe is full too, and lines are being dropped.
+        body = {"anum": "+358501231234", "targetid": "T" * 200}
+        for sent in range(30_000):
+            assert client.post("/smartrouting", json=body, headers=SR).status_code == 200
+            if sent % 500 == 0 and "routing_log_lines_dropped_total 0.0" not in client.get("/metrics").text:
+                break
+        assert pending(err) > size - 1024
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        took = time.monotonic() - began
+    assert took < 3 + 0.5, took
 
 
 @pytest.mark.e2e
@@ -536,50 +563,3 @@ def test_workers_write_their_last_lines(start_gateway):
     gw.stop()
     lines = check_lines(gw.logs())
     assert sum(x["event"] == "stopped" for x in lines) == 2
-
-
-def test_a_stalled_stderr_does_not_stretch_shutdown(tmp_path):
-    # With stderr full for good, SIGTERM still ends the process within shutdown_timeout_s: the lines
-    # that cannot be written are given up on once, not waited for at every flush.
-    config = tmp_path / "config.toml"
-    config.write_text("[server]\nshutdown_timeout_s = 3\n" + CONFIG)
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(BIN), "serve", "--config", str(config), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **ENV},
-    )
-    err = proc.stderr.fileno()
-    try:
-        fcntl.fcntl(err, fcntl.F_SETPIPE_SZ, 4096)
-        size = fcntl.fcntl(err, fcntl.F_GETPIPE_SZ)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-            deadline = time.monotonic() + 30
-            while True:
-                assert proc.poll() is None and time.monotonic() < deadline
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.05)
-            # Until the queue behind the full pipe is full too, and lines are being dropped.
-            body = {"anum": "+358501231234", "targetid": "T" * 200}
-            for sent in range(30_000):
-                assert client.post("/smartrouting", json=body, headers=SR).status_code == 200
-                if (
-                    sent % 500 == 0
-                    and "routing_log_lines_dropped_total 0.0" not in client.get("/metrics").text
-                ):
-                    break
-            assert pending(err) > size - 1024
-        began = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-        took = time.monotonic() - began
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-    assert took < 3 + 0.5, took

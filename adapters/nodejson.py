@@ -528,11 +528,12 @@ def _window_end(bl: bytes, pos: int, cut: int, opens: int, closes: int, most: in
     """Where a window from ``pos`` ends: after the first structural byte from ``cut``, or, better,
     after one of the next commas if the window then closes at least what it opens (a list of
     complete values read at one depth), while it holds at most ``most`` openers and as many closers.
-    ``opens`` and ``closes`` count the brackets before ``cut``."""
+    ``opens`` and ``closes`` count the brackets before ``cut``; a short window (being shrunk to fit)
+    ends at once."""
     m = _STRUCTURAL.search(bl, cut)
     first = m.end() if m else len(bl)
     comma, near = cut, cut + 4096
-    for _ in range(3):
+    for _ in range(3 if cut - pos >= 64 else 0):
         start, comma = comma, bl.find(b",", comma, near) + 1
         if not comma:
             break
@@ -795,7 +796,9 @@ class _Refused:
             if step is None:
                 return self._reference(names)
             if isinstance(step, int):  # too deep for one reading: a smaller window
-                size = min(step, size // 2) if size > 1 else 1
+                if size == 1:
+                    return self._reference(names)  # unreachable: one byte and a token nest no deeper
+                size = min(step, size // 2)
                 continue
             end, change, low, error, used = step
             if error is not None:
@@ -860,7 +863,7 @@ class _Refused:
             # msgspec nests through the containers the window closes, then at most its openers.
             pops = len(change[0]) if fits else closes
             used = pops + opens + 1 + (0 if fits and end < n else _LOOK)
-            if used > room and size > 1 and end < n:
+            if used > room and end - pos > 1 and end < n:
                 return max(1, (end - pos) * room // (2 * used))
             below = min(len(stack) - 1, pops) if stack else 0
             synth = _synthetic(stack, below, prev)

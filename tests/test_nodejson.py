@@ -272,6 +272,14 @@ def test_reading_in_windows_agrees_with_the_reference(text, room):
         nodejson._room = saved
 
 
+@pytest.mark.parametrize("depth", [500, 1020, 3000])
+def test_a_closer_of_the_wrong_kind_deep_inside_with_a_comma_beyond(depth):
+    # Found by fuzzing: a window too deep to read whole, whose change cannot be worked out (it closes
+    # an object with "]"), once kept choosing the same far end while it shrank.
+    text = '{"x":' + "[" * depth + '{"a":' + "[" * 480 + "]" * 585 + '1,"callID":"c"' + "]" * depth + "}"
+    assert _verdict(_fast, text) == _verdict(parse, text)
+
+
 def test_deep_valid_bodies_keep_their_top_level_strings():
     deep = "[" * 5000 + "]" * 5000
     text = (

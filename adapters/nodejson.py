@@ -379,7 +379,6 @@ def strict_error(text: str) -> str | None:
 _DECODER = msgspec.json.Decoder(float_hook=float)  # any float, 1e400 included, as V8 reads it: a number
 _VALIDATOR = msgspec.json.Decoder(msgspec.Raw)  # judges without building values: no number is converted
 _SLACK = 6  # msgspec reports an error at most a byte past V8's, or "truncated" within 3 of the end
-_LOOK = 16  # bytes read past a window, so a token cut by its end is still judged whole
 _SCAN = 256  # characters a backward scan reads before asking msgspec instead
 
 _BYTE = re.compile(r"\(byte (\d+)\)")
@@ -387,7 +386,6 @@ _WS_BYTES = re.compile(rb"[ \t\n\r]*")
 _STRUCTURAL = re.compile(rb"[\[\]{},:]")
 _RUNS = re.compile(rb"[\[{]+|[\]}]+")
 _ANY_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD](?=[89a-fA-F])")
 # In a text whose escaped backslashes are made plain, every backslash left begins an escape.
 _LONE = re.compile(
     rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
@@ -412,7 +410,12 @@ def _plain_escapes(b: bytes) -> bytes:
 def _validation_text(plain: bytes) -> bytes:
     """The body as msgspec can judge it for V8, byte for byte the same length: surrogate escapes (V8
     takes lone ones) made ``\\u0...``. A valid text stays valid, an invalid one invalid at the same byte."""
-    return _SURROGATE_ESCAPE.sub(rb"\\u0", plain) if _ANY_SURROGATE.search(plain) else plain
+    if not _ANY_SURROGATE.search(plain):
+        return plain
+    for d in b"dD":
+        for x in b"89abcdefABCDEF":
+            plain = plain.replace(b"\\u" + bytes((d, x)), b"\\u0" + bytes((x,)))
+    return plain
 
 
 def _values_text(b: bytes, plain: bytes) -> bytes:
@@ -862,17 +865,14 @@ class _Refused:
                 continue
             # msgspec nests through the containers the window closes, then at most its openers.
             pops = len(change[0]) if fits else closes
-            used = pops + opens + 1 + (0 if fits and end < n else _LOOK)
+            used = pops + opens + 1
             if used > room and end - pos > 1 and end < n:
                 return max(1, (end - pos) * room // (2 * used))
             below = min(len(stack) - 1, pops) if stack else 0
             synth = _synthetic(stack, below, prev)
-            if fits and end < n:
-                tail = _completion(stack, below, change, vt[end - 1])
-                doc = synth + vt[pos:end] + tail
-            else:
-                tail = b""
-                doc = synth + vt[pos : end + _LOOK]
+            # A window whose closers do not fit errs within it; the last one has nothing after it.
+            tail = _completion(stack, below, change, vt[end - 1]) if fits and end < n else b""
+            doc = synth + vt[pos:end] + tail
             try:
                 _VALIDATOR.decode(doc)
             except RecursionError:

@@ -120,7 +120,7 @@ def test_slow_crm_does_not_hold_the_answer(start_gateway, crm):
     r = call(gw, "+46700000004")
     took = time.perf_counter() - began
     assert r.status_code == 204
-    assert took < 1.6, took  # deadline_ms = 1500, whatever the lookup's own timeout
+    assert took < 3.5, took  # by deadline_ms (1.5 s), never the lookup's own 4.5 s; room for a loaded machine
     # A directory VIP calling while the CRM is slow is still routed, inside the deadline.
     crm.modes["+358501231234"] = "slow"
     began = time.perf_counter()

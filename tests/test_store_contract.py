@@ -126,7 +126,7 @@ async def test_failover_serves_in_process_and_comes_back(own_redis):
     assert await s.incr("rr") == 1  # the in-process counter, from 0
     assert s.status() == "degraded"
     assert await s.incr("rr") == 2
-    assert loop.time() - began < 0.5  # one Redis timeout at most, then no waiting at all
+    assert loop.time() - began < 1.5  # about two Redis timeouts (call, confirming ping), then no waiting
     own_redis.start()
     for _ in range(50):
         if s.status() == "ok":

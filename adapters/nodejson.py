@@ -878,14 +878,13 @@ class _Refused:
                     change, exact = _reduce(skeleton), True
                     continue
                 at = _error_at(exc, len(doc))
-                message = str(exc)
-                if at is None or (tail and at > len(doc) - len(tail)):
-                    return None  # the window is whole: its closers should fit
-                if not tail and end < n and message == "Input data was truncated":
-                    return None  # a window that closes the wrong bracket errs
-                if message.startswith("JSON is malformed: trailing characters") and below < len(stack) - 1:
+                if at is None:
+                    return None
+                if str(exc).startswith("JSON is malformed: trailing characters") and below < len(stack) - 1:
                     return None  # unreachable: the prefix holds every container it closes
-                return end, None, 0, pos + at - len(synth), used
+                # An error in the window, or at its end: a token there cut short (msgspec reads five
+                # bytes to refuse "f}"), or the closers refused after it. The reference words it.
+                return end, None, 0, pos + min(at, len(doc) - len(tail)) - len(synth), used
             if not fits:
                 return None
             # How low it goes: exactly, or no lower than its closers could take it.

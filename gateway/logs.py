@@ -46,22 +46,22 @@ STACK_FRAMES = 6
 # digits that core.numbers.normalise drops (any white space, dots, dashes, slashes, brackets), so that
 # whatever the gateway reads as a caller is masked in a line too. After a "+" (or a URL-encoded one, %2B)
 # it is one wherever it stands. Without, it must stand alone, not inside a word or a hex id (a request id,
-# a UUID, a config version); an ISO date and a dotted IPv4 address (neither followed by more digits)
-# are not one.
+# a UUID, a config version: digits between dashes inside such an id are not one either); an ISO date
+# and a dotted IPv4 address (neither followed by more digits) are not one.
 _SEP = r"[\s().\u00a0/-]*"
 _PHONE = re.compile(
     rf"""
       (?: \+ | (?<=%2[Bb]) ) {_SEP} \d (?: {_SEP} \d ){{6,}}
-    | (?<! [0-9A-Za-z] ) (?<! \d\. )
+    | (?<! [0-9A-Za-z] ) (?<! [0-9A-Fa-f]- ) (?<! \d\. )
       (?! \d{{4}}-[01]\d-[0-3]\d (?! {_SEP} \d ) )
       (?! \d{{1,3}} (?: \.\d{{1,3}} ){{3}} (?! [\d.] ) )
-      \d (?: {_SEP} \d ){{6,}} (?! [0-9A-Za-z] )
+      \d (?: {_SEP} \d ){{6,}} (?! [0-9A-Za-z] ) (?! -[0-9A-Fa-f] )
     """,
     re.VERBOSE,
 )
 _MIN_RUN = 7
 # Written by the gateway itself and never a phone number; a digit run in them means nothing.
-_OWN_KEYS = frozenset({"version", "previous"})
+_OWN_KEYS = frozenset({"version", "previous", "mq_id"})
 _BIG = 1 << 63
 _PLAIN = frozenset({float, bool, type(None)})
 

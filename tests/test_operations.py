@@ -236,6 +236,8 @@ def test_reload_when_the_file_or_a_directory_csv_changes(start_gateway, tmp_path
 
 def test_reload_with_workers(start_gateway):
     gw = start_gateway(rule_config("W-OLD"), "--workers", "2", env=SECRETS)
+    # Both workers running the old file first: a worker still starting would load the new one directly.
+    assert wait_for(lambda: len(_pids(gw, "worker started")) == 2)
     gw.config.write_text(rule_config("W-NEW"))
     gw.signal(signal.SIGHUP)
 

@@ -14,6 +14,7 @@ Each adapter module offers the same face:
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 PROTOCOLS = ("smartrouting", "eml")
@@ -40,8 +41,10 @@ class Rejected(Exception):
         self.reply = reply
 
 
+@functools.lru_cache(maxsize=256)
 def media_type(value: str | None) -> tuple[str, str | None]:
-    """``application/json; charset=UTF-8`` -> (``application/json``, ``utf-8``)."""
+    """``application/json; charset=UTF-8`` -> (``application/json``, ``utf-8``). Remembered: clients
+    send the same few values again and again."""
     if not value:
         return "", None
     kind, _, params = value.partition(";")

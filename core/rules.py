@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
@@ -117,21 +118,14 @@ def _tuple(value: Names | None, norm=None) -> tuple[str, ...] | None:
 
 
 class Matcher(msgspec.Struct, frozen=True):
-    """A rule's ``when``, normalised once at load so matching is set look-ups."""
+    """A rule's ``when``, normalised once at load: the conditions it gives, in the order of
+    :data:`CONDITIONS`, each as (key, compiled value)."""
 
-    protocol: frozenset[str] | None
-    service: frozenset[str] | None
-    caller: frozenset[str] | None
-    caller_prefix: tuple[str, ...] | None
-    dialed: frozenset[str] | None
-    dialed_prefix: tuple[str, ...] | None
-    customer: frozenset[str] | None
-    tag: frozenset[str] | None
-    open: tuple[str, ...] | None
-    closed: tuple[str, ...] | None
-    attributes: tuple[tuple[str, tuple[Scalar, ...]], ...] | None
-    min_call_time_s: int | None
-    max_call_time_s: int | None
+    conditions: tuple[tuple[str, Any], ...] = ()
+
+    def get(self, key: str) -> Any:
+        """The compiled value of condition ``key``, or None when the rule does not give it."""
+        return next((v for k, v in self.conditions if k == key), None)
 
 
 class Action(msgspec.Struct, frozen=True):
@@ -159,9 +153,6 @@ class CompiledRule(msgspec.Struct, frozen=True):
 def compile_rule(rule: Rule, path: str, problems: list[str]) -> CompiledRule:
     """Normalise and check one rule; problems go to ``problems`` with their key paths."""
     w, t = rule.when, rule.then
-    attrs = None
-    if w.attributes is not None:
-        attrs = tuple((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in sorted(w.attributes.items()))
     if (
         w.min_call_time_s is not None
         and w.max_call_time_s is not None
@@ -169,19 +160,11 @@ def compile_rule(rule: Rule, path: str, problems: list[str]) -> CompiledRule:
     ):
         problems.append(f"{path}.when: min_call_time_s is above max_call_time_s; the rule can never match")
     matcher = Matcher(
-        protocol=_set(w.protocol),
-        service=_set(w.service),
-        caller=_set(w.caller, normalise),
-        caller_prefix=_tuple(w.caller_prefix, normalise),
-        dialed=_set(w.dialed, normalise),
-        dialed_prefix=_tuple(w.dialed_prefix, normalise),
-        customer=_set(w.customer),
-        tag=_set(w.tag),
-        open=_tuple(w.open),
-        closed=_tuple(w.closed),
-        attributes=attrs,
-        min_call_time_s=w.min_call_time_s,
-        max_call_time_s=w.max_call_time_s,
+        tuple(
+            (key, cond.compile(getattr(w, key)))
+            for key, cond in CONDITIONS.items()
+            if getattr(w, key) is not None
+        )
     )
     tp = f"{path}.then"
     destinations = [k for k in ("target", "service") if getattr(t, k) is not None] + (
@@ -226,46 +209,71 @@ def compile_rule(rule: Rule, path: str, problems: list[str]) -> CompiledRule:
 # --- matching ---------------------------------------------------------------------------------
 
 
-def _any(values: frozenset[str] | None, value: str) -> bool:
-    return values is None or value in values
+class Facts(NamedTuple):
+    """What a condition may look at besides the query: the caller's facts, the schedules, the time."""
+
+    caller: CallerInfo
+    hours: dict[str, Hours]
+    now: dt.datetime
 
 
-def _prefix(prefixes: tuple[str, ...] | None, value: str) -> bool:
-    return prefixes is None or (bool(value) and value.startswith(prefixes))
+class Condition(NamedTuple):
+    """One ``when`` key: ``compile`` turns its config value into what ``holds`` reads at each call."""
+
+    compile: Callable[[Any], Any]
+    holds: Callable[[Any, RoutingQuery, Facts], bool]
+
+
+def _attrs(value: dict[str, Scalar | list[Scalar]]) -> tuple[tuple[str, tuple[Scalar, ...]], ...]:
+    return tuple((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in sorted(value.items()))
+
+
+def _attributes_hold(want: tuple[tuple[str, tuple[Scalar, ...]], ...], q: RoutingQuery, f: Facts) -> bool:
+    return all(key in q.attributes and _same_scalar(q.attributes[key], allowed) for key, allowed in want)
+
+
+# Every ``when`` key, in the order a rule's conditions are checked (and an explanation names the first
+# that fails). A new key is one entry here, a field of :class:`When`, and its docs.
+CONDITIONS: dict[str, Condition] = {
+    "protocol": Condition(_set, lambda v, q, f: q.protocol in v),
+    "service": Condition(_set, lambda v, q, f: q.service in v),
+    "caller": Condition(lambda v: _set(v, normalise), lambda v, q, f: bool(q.caller) and q.caller in v),
+    "caller_prefix": Condition(
+        lambda v: _tuple(v, normalise), lambda v, q, f: bool(q.caller) and q.caller.startswith(v)
+    ),
+    "dialed": Condition(lambda v: _set(v, normalise), lambda v, q, f: bool(q.dialed) and q.dialed in v),
+    "dialed_prefix": Condition(
+        lambda v: _tuple(v, normalise), lambda v, q, f: bool(q.dialed) and q.dialed.startswith(v)
+    ),
+    "customer": Condition(_set, lambda v, q, f: bool(q.customer) and q.customer in v),
+    "tag": Condition(_set, lambda v, q, f: not v.isdisjoint(f.caller.tags)),
+    "open": Condition(_tuple, lambda v, q, f: any(f.hours[n].is_open(f.now) for n in v)),
+    "closed": Condition(_tuple, lambda v, q, f: not all(f.hours[n].is_open(f.now) for n in v)),
+    "attributes": Condition(_attrs, _attributes_hold),
+    "min_call_time_s": Condition(
+        lambda v: v, lambda v, q, f: q.call_time_s is not None and q.call_time_s >= v
+    ),
+    "max_call_time_s": Condition(
+        lambda v: v, lambda v, q, f: q.call_time_s is not None and q.call_time_s <= v
+    ),
+}
 
 
 def mismatch(
     m: Matcher, q: RoutingQuery, caller: CallerInfo, hours: dict[str, Hours], now: dt.datetime
 ) -> str | None:
     """The first condition of ``m`` that does not hold for this call, or None when all hold."""
-    if not _any(m.protocol, q.protocol):
-        return "protocol"
-    if not _any(m.service, q.service):
-        return "service"
-    if not _any(m.caller, q.caller) or (m.caller is not None and not q.caller):
-        return "caller"
-    if not _prefix(m.caller_prefix, q.caller):
-        return "caller_prefix"
-    if not _any(m.dialed, q.dialed) or (m.dialed is not None and not q.dialed):
-        return "dialed"
-    if not _prefix(m.dialed_prefix, q.dialed):
-        return "dialed_prefix"
-    if not _any(m.customer, q.customer) or (m.customer is not None and not q.customer):
-        return "customer"
-    if m.tag is not None and m.tag.isdisjoint(caller.tags):
-        return "tag"
-    if m.open is not None and not any(hours[n].is_open(now) for n in m.open):
-        return "open"
-    if m.closed is not None and all(hours[n].is_open(now) for n in m.closed):
-        return "closed"
-    if m.attributes is not None:
-        for key, allowed in m.attributes:
-            if key not in q.attributes or not _same_scalar(q.attributes[key], allowed):
-                return f"attributes.{key}"
-    if m.min_call_time_s is not None and (q.call_time_s is None or q.call_time_s < m.min_call_time_s):
-        return "min_call_time_s"
-    if m.max_call_time_s is not None and (q.call_time_s is None or q.call_time_s > m.max_call_time_s):
-        return "max_call_time_s"
+    if not m.conditions:
+        return None
+    facts = Facts(caller, hours, now)
+    for key, value in m.conditions:
+        if not CONDITIONS[key].holds(value, q, facts):
+            if key == "attributes":
+                # Named down to the attribute that fails.
+                for name, allowed in value:
+                    if name not in q.attributes or not _same_scalar(q.attributes[name], allowed):
+                        return f"attributes.{name}"
+            return key
     return None
 
 

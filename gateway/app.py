@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
+import itertools
 import logging
 import os
 import secrets
@@ -32,7 +34,7 @@ from core.store import MemoryStore, Store
 from gateway import config as config_mod
 from gateway import metrics
 from gateway.auth import Credentials, allowed, client_address, networks
-from gateway.logs import event
+from gateway.logs import decision_line, event
 from gateway.logs import flush as flush_logs
 from gateway.logs import setup as setup_logs
 from gateway.reload import Reloader
@@ -94,7 +96,13 @@ class Runtime:
                 float(em.retry_window_s),
             ),
         }
+        # The paths as configured, so that the usual request needs no normalising to be found.
+        self.exact = {
+            sr.path: self.routes[_route_key(sr.path)],
+            em.base + eml.PATH: self.routes[_route_key(em.base + eml.PATH)],
+        }
         self.eml_prefix = em.base.lower()
+        self.failover = store if isinstance(store, FailoverStore) else None
         self.trusted = networks(cfg.server.trusted_proxies)
         self.ops_networks = networks(cfg.server.ops_allow_networks)
         self.deadline_s = cfg.server.deadline_ms / 1000
@@ -160,19 +168,31 @@ class State:
         self.stopping = False
 
 
+def _settle_heap() -> None:
+    """Set aside what is alive now (the config, the directory, the modules) from the garbage collector:
+    its full passes then walk only what requests leave behind, and stop pausing answers for the time a
+    walk of a large directory takes. Done again after a reload, whose full pass frees the old config."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class ClientGone(Exception):
     """The client disconnected before its body was read."""
 
 
-async def _read_body(receive: Callable, headers: dict[str, str], limit: int) -> bytes | None:
+async def _read_body(receive: Callable, declared: bytes | None, limit: int) -> bytes | None:
     """The body, or None as soon as it is known to exceed ``limit`` (before reading it, when declared)."""
-    declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isdigit() and int(declared) > limit:
         return None
+    message = await receive()
+    # The usual body comes whole in one message.
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body = message.get("body", b"")
+        return body if len(body) <= limit else None
     chunks = []
     size = 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")
@@ -182,17 +202,22 @@ async def _read_body(receive: Callable, headers: dict[str, str], limit: int) -> 
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+        message = await receive()
 
 
-async def _send(send: Callable, reply: Reply, request_id: str) -> None:
-    headers = [(b"x-request-id", request_id.encode())]
+_NO_BODY = {"type": "http.response.body", "body": b""}
+
+
+async def _send(send: Callable, reply: Reply, request_id: bytes) -> None:
+    headers = [(b"x-request-id", request_id)]
     if reply.status != 204:
-        headers.append((b"content-length", str(len(reply.body)).encode()))
+        headers.append((b"content-length", b"%d" % len(reply.body)))
     if reply.content_type:
         headers.append((b"content-type", reply.content_type.encode()))
-    headers += [(k.encode(), v.encode()) for k, v in reply.headers]
+    if reply.headers:
+        headers += [(k.encode(), v.encode()) for k, v in reply.headers]
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-    await send({"type": "http.response.body", "body": reply.body})
+    await send({"type": "http.response.body", "body": reply.body} if reply.body else _NO_BODY)
 
 
 def _target(scope: dict) -> str:
@@ -202,13 +227,19 @@ def _target(scope: dict) -> str:
     return f"{raw}?{query}" if query else raw
 
 
-def _request_id(headers: dict[str, str]) -> str:
-    given = headers.get("x-request-id", "")
-    if 0 < len(given) <= 64 and given.isascii() and given.isprintable():
-        return given
-    made = secrets.token_hex(8)
-    # An id of digits only would read as a phone number, and the logs would mask it.
-    return made if not made.isdigit() else "r" + made[1:]
+# Request ids the gateway makes: a random prefix per process and a counter, unique without asking the
+# system for randomness on every request. The prefix starts with a letter: an id of digits only would
+# read as a phone number, and the logs would mask it.
+_ID_PREFIX = "r" + secrets.token_hex(4)[1:]
+_ids = itertools.count(1)
+
+
+def _request_id(given: bytes | None) -> bytes:
+    if given is not None and 0 < len(given) <= 64 and given.isascii():
+        text = given.decode("ascii")
+        if text.isprintable():
+            return given
+    return b"%s%08x" % (_ID_PREFIX.encode(), next(_ids) & 0xFFFFFFFF)
 
 
 def _source(scope: dict, rt: Runtime):
@@ -223,35 +254,32 @@ def _source(scope: dict, rt: Runtime):
     return client_address(peer[0] if peer else None, forwarded, rt.trusted)
 
 
-async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, headers: dict):
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, headers: dict, start: float):
     """Run one webhook through its adapter and the core. Returns the reply and what to log."""
     a = ep.adapter
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    note: dict[str, Any] = {}
     if scope["method"] != "POST":
-        note["outcome"] = "method"
-        return a.error("method", scope["method"], _target(scope)), note
-    addr = _source(scope, rt)
-    if not allowed(addr, ep.networks):
-        note["outcome"] = "forbidden"
-        return a.error("forbidden"), note
-    if not ep.credentials.accept(headers):
-        note["outcome"] = "unauthorized"
+        return a.error("method", scope["method"], _target(scope)), {"outcome": "method"}
+    # The peer's address is parsed only where an allow-list asks for it.
+    if ep.networks and not allowed(_source(scope, rt), ep.networks):
+        return a.error("forbidden"), {"outcome": "forbidden"}
+    if not ep.credentials.accept_raw(headers):
         reply = a.error("unauthorized")
         if ep.credentials.basic:
             reply = reply._replace(headers=(("www-authenticate", f'Basic realm="{a.NAME}"'),))
-        return reply, note
+        return reply, {"outcome": "unauthorized"}
     try:
-        a.check_content_type(headers.get("content-type"))
-        body = await _read_body(receive, headers, rt.max_body)
+        content_type = _text(headers.get(b"content-type"))
+        a.check_content_type(content_type)
+        body = await _read_body(receive, headers.get(b"content-length"), rt.max_body)
         if body is None:
-            note["outcome"] = "too_large"
-            return a.error("too_large"), note
-        query = a.parse(body, headers.get("content-type"))
+            return a.error("too_large"), {"outcome": "too_large"}
+        query = a.parse(body, content_type)
     except Rejected as exc:
-        note["outcome"] = "bad_request"
-        return exc.reply, note
+        return exc.reply, {"outcome": "bad_request"}
     deadline = start + rt.deadline_s
     try:
         async with asyncio.timeout_at(deadline):
@@ -263,20 +291,41 @@ async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, hea
         # failed while Redis still answers a ping): answered as at the deadline; Redis is not taken for down.
         decision = fallback(query, rt.ctx.rules, "store")
     reply = a.render(decision, query)
-    note.update(
-        caller=mask(query.caller) or None,
-        service=query.service or None,
-        rule=decision.rule,
+    note: dict[str, Any] = {
+        "caller": mask(query.caller) or None,
+        "service": query.service or None,
+        "rule": decision.rule,
         # What the adapter rendered: an EML disconnect is not "routed", whatever the decision held.
-        outcome=reply.outcome
+        "outcome": reply.outcome
         or ("routed" if decision.routes else "not_found" if query.needs_destination else "default"),
-        fallback=decision.fallback,
-        replayed=decision.replayed or None,
-    )
+        "fallback": decision.fallback,
+        "replayed": decision.replayed or None,
+    }
     for key, value in reply.answer:
         if value:
             note[key] = value
     return reply, note
+
+
+class Gateway(Starlette):
+    """Starlette for the operational endpoints and the lifespan. A request for a webhook path as
+    configured goes straight to its handler, past Starlette's middleware and router: the handler answers
+    every error itself, in its protocol. Other paths (a webhook path in another case or with a trailing
+    slash included) go through the router, whose default handler finds them."""
+
+    def __init__(self, gateway: State, webhook: Callable, **options: Any) -> None:
+        super().__init__(**options)
+        self._gateway = gateway
+        self._webhook = webhook
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http":
+            rt = self._gateway.runtime
+            if rt is not None:
+                ep = rt.exact.get(scope["path"])
+                if ep is not None:
+                    return await self._webhook(ep, rt, scope, receive, send)
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -315,9 +364,11 @@ def create_app(
             state.runtime = Runtime(new, the_store, clock, http, metrics.observe_lookup, previous=old)
             if old.lookup is not None and old.lookup is not state.runtime.lookup:
                 old.lookup.close()  # its requests are abandoned; callers waiting on them go on without
+            _settle_heap()
 
         reloader = Reloader(lambda: state.runtime.loaded, swap)
         reloader.install()
+        _settle_heap()
         state.ready = True
         if worker:
             # The supervisor bound the socket before starting the workers: this one now takes requests.
@@ -342,48 +393,46 @@ def create_app(
             # A worker is ended by its signal re-raised right after this: write the queued lines first.
             await asyncio.to_thread(flush_logs)
 
+    async def webhook(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, send: Callable) -> None:
+        began = time.perf_counter()
+        start = asyncio.get_running_loop().time()
+        # ASGI servers send header names in lower case; for a repeated header the last one counts.
+        headers = dict(scope["headers"])
+        request_id = _request_id(headers.get(b"x-request-id"))
+        protocol = ep.adapter.NAME
+        try:
+            reply, note = await _answer(ep, rt, scope, receive, headers, start)
+        except ClientGone:
+            return
+        except Exception:  # noqa: BLE001 - any failure is the protocol's 500, never a trace
+            event("failed", logging.ERROR, exc_info=True, request_id=request_id.decode(), protocol=protocol)
+            reply, note = ep.adapter.error("internal"), {"outcome": "error"}
+        await _send(send, reply, request_id)
+        took = time.perf_counter() - began
+        outcome = note["outcome"]
+        degraded = outcome in DECIDED and rt.failover is not None and not rt.failover.up
+        metrics.answered(protocol, outcome, took, note.get("rule"), note.get("fallback"), degraded)
+        note["latency_ms"] = round(took * 1000, 3)
+        rid = request_id.decode()
+        decision_line(rid, protocol, reply.status, note, own_id=rid.startswith(_ID_PREFIX))
+
+    async def not_found(rt: Runtime | None, scope: dict, send: Callable) -> None:
+        path = scope["path"]
+        if rt is not None and path.lower().startswith(rt.eml_prefix):
+            reply = eml.error("not_found", scope["method"], _target(scope))
+        else:
+            reply = Reply(404, b'{"error":"not found"}', "application/json")
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        await _send(send, reply, _request_id(given))
+
     async def webhooks(scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return
         rt = state.runtime
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = _request_id(headers)
-        path = scope["path"]
-        ep = rt.routes.get(_route_key(path)) if rt else None
+        ep = rt.routes.get(_route_key(scope["path"])) if rt else None
         if ep is None:
-            if rt is not None and path.lower().startswith(rt.eml_prefix):
-                reply = eml.error("not_found", scope["method"], _target(scope))
-            else:
-                reply = Reply(404, b'{"error":"not found"}', "application/json")
-            return await _send(send, reply, request_id)
-        began = time.perf_counter()
-        protocol = ep.adapter.NAME
-        try:
-            reply, note = await _answer(ep, rt, scope, receive, headers)
-        except ClientGone:
-            return
-        except Exception:  # noqa: BLE001 - any failure is the protocol's 500, never a trace
-            event("failed", logging.ERROR, exc_info=True, request_id=request_id, protocol=protocol)
-            reply, note = ep.adapter.error("internal"), {"outcome": "error"}
-        await _send(send, reply, request_id)
-        took = time.perf_counter() - began
-        outcome = note.get("outcome", "error")
-        metrics.REQUESTS.labels(protocol, outcome).inc()
-        metrics.LATENCY.labels(protocol).observe(took)
-        if note.get("rule"):
-            metrics.RULES.labels(note["rule"]).inc()
-        if note.get("fallback"):
-            metrics.FALLBACKS.labels(note["fallback"]).inc()
-        if outcome in DECIDED and store_status(rt.ctx.store) == "degraded":
-            metrics.FALLBACKS.labels("store").inc()
-        event(
-            "decision",
-            request_id=request_id,
-            protocol=protocol,
-            status=reply.status,
-            latency_ms=round(took * 1000, 3),
-            **{k: v for k, v in note.items() if v is not None},
-        )
+            return await not_found(rt, scope, send)
+        await webhook(ep, rt, scope, receive, send)
 
     def ops_refused(request: Request) -> Response | None:
         """403 for a source outside ``server.ops_allow_networks`` (checked like the webhooks' allow-lists)."""
@@ -426,7 +475,9 @@ def create_app(
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    app = Starlette(
+    app = Gateway(
+        state,
+        webhook,
         routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_endpoint)],
         lifespan=lifespan,
     )

@@ -14,6 +14,7 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Optional whitespace around a header value (RFC 9110: spaces and tabs) is not part of a credential.
 _OWS = " \t"
+_OWS_BYTES = b" \t"
 
 
 def _same(given: bytes, expected: Iterable[bytes]) -> bool:
@@ -45,24 +46,44 @@ class Credentials:
         self, key_header: str, schemes: tuple[str, ...], api_keys: list[str], basic: Mapping[str, str]
     ) -> None:
         self.key_header = key_header.lower()
+        self._key_header = self.key_header.encode("latin-1")
         self.bearer = "bearer" in schemes
         self.keys = [k.encode() for k in api_keys]
         self.basic = [f"{u}:{p}".encode() for u, p in basic.items()] if "basic" in schemes else []
         self.open = not self.keys and not self.basic
 
     def accept(self, headers: Mapping[str, str]) -> bool:
+        """``headers`` by lower-case name, values decoded as latin-1."""
         if self.open:
             return True
         key = headers.get(self.key_header)
-        if key is not None and self.keys and _same(_sent(key), self.keys):
+        authorization = headers.get("authorization")
+        return self._accept(
+            None if key is None else _sent(key), None if authorization is None else _sent(authorization)
+        )
+
+    def accept_raw(self, headers: Mapping[bytes, bytes]) -> bool:
+        """``headers`` as an ASGI server gives them: bytes by lower-case name."""
+        if self.open:
             return True
-        scheme, _, value = headers.get("authorization", "").strip(_OWS).partition(" ")
+        key = headers.get(self._key_header)
+        authorization = headers.get(b"authorization")
+        return self._accept(
+            None if key is None else key.strip(_OWS_BYTES),
+            None if authorization is None else authorization.strip(_OWS_BYTES),
+        )
+
+    def _accept(self, key: bytes | None, authorization: bytes | None) -> bool:
+        if key is not None and self.keys and _same(key, self.keys):
+            return True
+        scheme, _, value = (authorization or b"").partition(b" ")
         scheme = scheme.lower()
-        if scheme == "bearer" and self.bearer and self.keys:
-            return _same(_sent(value), self.keys)
-        if scheme == "basic" and self.basic:
+        value = value.strip(_OWS_BYTES)
+        if scheme == b"bearer" and self.bearer and self.keys:
+            return _same(value, self.keys)
+        if scheme == b"basic" and self.basic:
             try:
-                pair = base64.b64decode(_sent(value), validate=True)
+                pair = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
                 return False
             return _same(pair, self.basic)

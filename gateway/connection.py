@@ -154,7 +154,10 @@ class Connection(HttpToolsProtocol):
         self.access_log = self.access_log and config.access_log
         # The connection limit is checked here, to answer it in JSON.
         self._limit, self.limit_concurrency = self.limit_concurrency, None
-        self._read_deadline: asyncio.TimerHandle | None = None
+        # When the head or body being read is due (loop time), or None when nothing is being read. One
+        # timer checks it, re-armed only when it fires early: no timer is made and cancelled per request.
+        self._read_due: float | None = None
+        self._read_timer: asyncio.TimerHandle | None = None
         self._state = _HEAD
         self._head_bytes = 0  # of the head (and trailer) being read, counted as they arrive
         self._partial = bytearray()  # the start of a head line the parser has not seen yet
@@ -177,6 +180,9 @@ class Connection(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._cancel_read_deadline()
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
         self._held = None
         self.transport.forget()  # type: ignore[attr-defined]
 
@@ -189,6 +195,26 @@ class Connection(HttpToolsProtocol):
             held, start = self._held
             self._held = (held[start:] + data, 0)
             return
+        if (
+            self._state == _HEAD
+            and not self._head_bytes
+            and not self._partial
+            and (self.cycle is None or self.cycle.response_complete)
+        ):
+            # The usual case, a whole request in one read on an idle connection: its head is fed in
+            # one piece, and its body too when it is all here and nothing follows it.
+            found = data.find(b"\n\r\n", 0, self.limits.max_header_bytes)
+            if found >= 0:
+                cut = found + 3
+                self._head_bytes = cut
+                if not self._feed(memoryview(data)[:cut]) or cut == len(data):
+                    return
+                if self._state == _BODY and self._left == len(data) - cut and not self.pipeline:
+                    self._left = 0
+                    self._feed(memoryview(data)[cut:])
+                    return
+                self._take(data, cut)
+                return
         self._take(data, 0)
 
     # Cutting the stream into messages
@@ -208,7 +234,7 @@ class Connection(HttpToolsProtocol):
                         if len(self.pipeline) >= PIPELINE_DEPTH or self._ahead >= PIPELINE_BYTES:
                             self._hold(data, pos)
                             return
-                    elif self._read_deadline is None:
+                    elif self._read_due is None:
                         self._arm_read_deadline()
                 pos = self._header_block(data, view, pos, end)
             elif state == _TRAILER:
@@ -364,20 +390,19 @@ class Connection(HttpToolsProtocol):
 
     # Parser callbacks
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        super().on_header(name, value)
+    # Headers are counted once the head (at most max_header_bytes, so at most so many lines) is parsed,
+    # and a trailer's with its message: no callback of ours runs per header.
+
+    def on_headers_complete(self) -> None:
         headers = self.headers
         if len(headers) > self._max_headers:
             self._too_many_headers = True
             raise _TooManyHeaders
-        if self._state == _HEAD:  # not a trailer
-            key = headers[-1][0]
-            if key == b"content-length":
+        for name, value in headers:
+            if name == b"content-length":
                 self._left = int(value)
-            elif key == b"transfer-encoding":
+            elif name == b"transfer-encoding":
                 self._chunked = True  # the parser refuses any other transfer coding of a request
-
-    def on_headers_complete(self) -> None:
         limit = self._limit
         if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
             self.logger.warning("Exceeded concurrency limit.")
@@ -397,6 +422,9 @@ class Connection(HttpToolsProtocol):
             self._arm_read_deadline()  # the body counts from the end of the head
 
     def on_message_complete(self) -> None:
+        if len(self.headers) > self._max_headers:  # with a chunked body's trailer
+            self._too_many_headers = True
+            raise _TooManyHeaders
         super().on_message_complete()
         # After a request that closes the connection, the parser ignores what follows; so does this.
         self._state = _HEAD if self.cycle is None or self.cycle.keep_alive else _IGNORE
@@ -424,7 +452,7 @@ class Connection(HttpToolsProtocol):
                 self.flow.resume_reading()
         state = self._state
         if (
-            self._read_deadline is None
+            self._read_due is None
             and (self._head_bytes if state == _HEAD else state != _IGNORE)
             and not self._is_ahead()
         ):
@@ -435,16 +463,26 @@ class Connection(HttpToolsProtocol):
     # Deadlines
 
     def _arm_read_deadline(self) -> None:
-        self._cancel_read_deadline()
-        self._read_deadline = self.loop.call_later(self.limits.read_timeout_s, self._read_timed_out)
+        due = self.loop.time() + self.limits.read_timeout_s
+        self._read_due = due
+        if self._read_timer is None:
+            self._read_timer = self.loop.call_at(due, self._check_read_deadline)
 
     def _cancel_read_deadline(self) -> None:
-        if self._read_deadline is not None:
-            self._read_deadline.cancel()
-            self._read_deadline = None
+        self._read_due = None
+
+    def _check_read_deadline(self) -> None:
+        self._read_timer = None
+        due = self._read_due
+        if due is None:
+            return  # nothing is being read: the next read arms the timer again
+        if self.loop.time() < due:
+            self._read_timer = self.loop.call_at(due, self._check_read_deadline)
+            return
+        self._read_timed_out()
 
     def _read_timed_out(self) -> None:
-        self._read_deadline = None
+        self._read_due = None
         if self.flow.read_paused:
             # The gateway stopped reading (the app has not taken the body yet): the client is not late,
             # so its time starts again.

@@ -12,11 +12,11 @@ room again).
 from __future__ import annotations
 
 import atexit
+import collections
 import functools
 import logging
 import logging.handlers
 import os
-import queue
 import re
 import signal
 import sys
@@ -155,6 +155,20 @@ def _second(epoch: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
 
 
+def _put(out: dict[str, Any], fields: dict[str, Any], skip_none: bool = False) -> None:
+    """``fields`` cleaned into ``out``, never over a key ``out`` already holds."""
+    for k, v in fields.items():
+        if k in out or v is None and skip_none:
+            continue
+        kind = type(v)  # the common cases first: this runs for every decision
+        if kind is str:
+            out[k] = v if k in _OWN_KEYS and len(v) <= MAX_CHARS else clean_text(v)
+        elif kind in _PLAIN or kind is int and -_BIG <= v < _BIG:
+            out[k] = v
+        else:
+            out[k] = clean(v, 1)
+
+
 class JsonFormatter(logging.Formatter):
     """``{"ts": ..., "level": ..., "event": ..., "pid": ..., <fields>}`` on one line, every value cleaned."""
 
@@ -174,16 +188,7 @@ class JsonFormatter(logging.Formatter):
             out["logger"] = record.name
         fields = getattr(record, "fields", None)
         if fields:
-            for k, v in fields.items():
-                if k in out:
-                    continue
-                kind = type(v)  # the common cases first: this runs for every decision
-                if kind is str:
-                    out[k] = v if k in _OWN_KEYS and len(v) <= MAX_CHARS else clean_text(v)
-                elif kind in _PLAIN:
-                    out[k] = v
-                else:
-                    out[k] = clean(v, 1)
+            _put(out, fields)
         if record.exc_info:
             out.update(clean(_error(record.exc_info), 1))
         return _encode(out)
@@ -196,9 +201,10 @@ class _Behind(logging.handlers.QueueHandler):
     """Formats on the caller's thread and queues the finished line; never waits for room: with ``limit``
     lines waiting, a line is dropped and counted."""
 
-    def __init__(self, q: queue.SimpleQueue, limit: int) -> None:
-        super().__init__(q)
+    def __init__(self, q: collections.deque, wake: threading.Event, limit: int) -> None:
+        super().__init__(q)  # type: ignore[arg-type]
         self.setFormatter(JsonFormatter())
+        self.wake = wake
         self.limit = limit
         self.dropped = 0
         self._unreported = 0
@@ -207,16 +213,20 @@ class _Behind(logging.handlers.QueueHandler):
         return self.formatter.line(record) + b"\n"
 
     def enqueue(self, line: bytes) -> None:
-        # A SimpleQueue (C, no lock to take) bounded here: handlers hold their own lock while emitting.
-        if self.queue.qsize() >= self.limit:
+        # A deque (appends are atomic, no lock to take) bounded here: handlers hold their own lock while
+        # emitting. The writer is woken once per batch, not once per line.
+        q = self.queue
+        if len(q) >= self.limit:
             self.dropped += 1
             self._unreported += 1
             metrics.LOG_DROPPED.inc()
             return
         if self._unreported:
-            self.queue.put_nowait(self._drops_line())
+            q.append(self._drops_line())
             self._unreported = 0
-        self.queue.put_nowait(line)
+        q.append(line)
+        if not self.wake.is_set():
+            self.wake.set()
 
     def _drops_line(self) -> bytes:
         record = logging.LogRecord(log.name, logging.WARNING, __file__, 0, "log lines dropped", None, None)
@@ -232,6 +242,8 @@ class _Behind(logging.handlers.QueueHandler):
 _STOP = object()
 # A pipe takes a write of up to this many bytes whole: lines from several workers sharing stderr never mix.
 _PIPE_BUF = 4096
+# Once woken, the writer lets lines gather this long: a write (and a turn of the GIL) per batch, not per line.
+GATHER_S = 0.002
 
 
 class _Writer(threading.Thread):
@@ -239,49 +251,52 @@ class _Writer(threading.Thread):
     write (up to a pipe's atomic size). It writes with os.write, so a blocked pipe holds no lock that
     the rest of the process (or its exit) needs."""
 
-    def __init__(self, q: queue.SimpleQueue, fd: int) -> None:
+    def __init__(self, q: collections.deque, wake: threading.Event, fd: int) -> None:
         super().__init__(name="log-writer", daemon=True)
         self.queue = q
+        self.wake = wake
         self.fd = fd
 
     def run(self) -> None:
-        item = None
-        while item is not _STOP:
-            item = self.queue.get()
-            batch: list[bytes] = []
-            size = 0
-            marks: list[threading.Event] = []
-            while True:
-                if isinstance(item, bytes):
-                    if batch and size + len(item) > _PIPE_BUF:
-                        self._write(b"".join(batch))
-                        batch, size = [], 0
-                    batch.append(item)
-                    size += len(item)
-                elif isinstance(item, threading.Event):
-                    marks.append(item)  # a flush mark: set once what came before it is written
-                else:
-                    break  # _STOP
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-            if batch:
-                self._write(b"".join(batch))
-            for mark in marks:
-                mark.set()
+        q = self.queue
+        while True:
+            self.wake.wait()
+            # Cleared before taking the lines: a line queued from here on wakes the writer again.
+            self.wake.clear()
+            time.sleep(GATHER_S)
+            items = [q.popleft() for _ in range(len(q))]
+            lines = [x for x in items if type(x) is bytes]
+            if lines:
+                self._write(b"".join(lines))
+            # Flush marks are set once every line queued before them is written; then a stop ends.
+            for item in items:
+                if type(item) is threading.Event:
+                    item.set()
+            if any(item is _STOP for item in items):
+                return
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
+        start, end = 0, len(data)
         try:
-            while view:
-                view = view[os.write(self.fd, view) :]
+            while start < end:
+                # Whole lines, at most a pipe's atomic size at a time (a longer line goes alone).
+                stop = end
+                if end - start > _PIPE_BUF:
+                    stop = data.rfind(b"\n", start, start + _PIPE_BUF) + 1
+                    if stop <= start:
+                        nl = data.find(b"\n", start)
+                        stop = end if nl < 0 else nl + 1
+                view = memoryview(data)[start:stop]
+                while view:
+                    view = view[os.write(self.fd, view) :]
+                start = stop
         except OSError:
             pass  # stderr is gone: nothing else can be told
 
     def stop(self, timeout: float = FLUSH_S) -> None:
         """Write what is queued, then end."""
-        self.queue.put(_STOP)
+        self.queue.append(_STOP)
+        self.wake.set()
         self.join(timeout)
 
 
@@ -290,9 +305,10 @@ class Output:
     that writes them to ``fd``."""
 
     def __init__(self, fd: int, lines: int = QUEUE_LINES) -> None:
-        q: queue.SimpleQueue = queue.SimpleQueue()
-        self.handler = _Behind(q, lines)
-        self.writer = _Writer(q, fd)
+        q: collections.deque = collections.deque()
+        wake = threading.Event()
+        self.handler = _Behind(q, wake, lines)
+        self.writer = _Writer(q, wake, fd)
         self.stalled = False
 
     def start(self) -> Output:
@@ -306,7 +322,8 @@ class Output:
         if self.stalled:
             return False
         done = threading.Event()
-        self.writer.queue.put(done)
+        self.writer.queue.append(done)
+        self.writer.wake.set()
         self.stalled = not done.wait(timeout)
         return not self.stalled
 
@@ -400,6 +417,32 @@ def setup(level: str = "info") -> None:
         access.handlers[:] = []
         access.propagate = True
     logging.captureWarnings(True)
+
+
+def decision_line(
+    request_id: str, protocol: str, status: int, fields: dict[str, Any], own_id: bool = False
+) -> None:
+    """The ``decision`` line of one answer: the same line :func:`event` writes, made without a
+    ``logging`` record (it is written for every webhook, and a record costs more than the line).
+    Fields that are None are left out. ``own_id``: the gateway made the request id, which is never a number."""
+    out = _output
+    if out is None or not log.isEnabledFor(logging.INFO):
+        kept = {k: v for k, v in fields.items() if v is not None}
+        event("decision", request_id=request_id, protocol=protocol, status=status, **kept)
+        return
+    now = time.time()
+    second = int(now)
+    line: dict[str, Any] = {
+        "ts": f"{_second(second)}.{int((now - second) * 1000):03d}Z",
+        "level": "info",
+        "event": "decision",
+        "pid": os.getpid(),
+        "request_id": request_id if own_id else clean_text(request_id),
+        "protocol": protocol,
+        "status": status,
+    }
+    _put(line, fields, skip_none=True)
+    out.handler.enqueue(_encode(line) + b"\n")
 
 
 def event(name: str, level: int = logging.INFO, exc_info: bool = False, **fields: Any) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -130,6 +131,38 @@ def observe_lookup(result: str, seconds: float | None) -> None:
         LOOKUP_LATENCY.observe(seconds)
     else:
         LOOKUPS.labels(result).inc()
+
+
+# The labelled series each answer touches, found once: prometheus-client's labels() costs more than
+# the increment itself.
+_requests: dict[tuple[str, str], Any] = {}
+_latency: dict[str, Any] = {}
+_rules: dict[str, Any] = {}
+_fallbacks: dict[str, Any] = {}
+
+
+def _child(cache: dict, metric: Any, *labels: str) -> Any:
+    key = labels if len(labels) > 1 else labels[0]
+    child = cache.get(key)
+    if child is None:
+        child = cache[key] = metric.labels(*labels)
+    return child
+
+
+def answered(
+    protocol: str, outcome: str, seconds: float, rule: str | None, fallback: str | None, degraded: bool
+) -> None:
+    """One webhook answered: counted by outcome, timed, its rule and any fallback counted. ``degraded``:
+    a decision made while Redis was down, served in process."""
+    child = _requests.get((protocol, outcome)) or _child(_requests, REQUESTS, protocol, outcome)
+    child.inc()
+    (_latency.get(protocol) or _child(_latency, LATENCY, protocol)).observe(seconds)
+    if rule:
+        (_rules.get(rule) or _child(_rules, RULES, rule)).inc()
+    if fallback:
+        (_fallbacks.get(fallback) or _child(_fallbacks, FALLBACKS, fallback)).inc()
+    if degraded:
+        (_fallbacks.get("store") or _child(_fallbacks, FALLBACKS, "store")).inc()
 
 
 def config_loaded(version: str, previous: str | None, at: float) -> None:

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import os
 import random
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
-import uuid6
 
 from core.directory import UNKNOWN, CallerInfo
 from core.errors import StoreBusy, StoreError
 from core.query import Decision, RoutingQuery
 from core.rules import CompiledRule, mismatch
 from core.schedules import Hours
-from core.services import Service, pick
-from core.store import Store
+from core.services import Service, choose, counter, pick
+from core.store import PENDING, Allocation, Pool, Store
 
 
 class RuleBase(msgspec.Struct, frozen=True):
@@ -56,8 +55,6 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Decision).decode
-PENDING = b"\x00pending"
-"""How a claim's value starts; the rest is the claimant's own token, so that it knows its claim again."""
 
 
 async def decide(
@@ -106,11 +103,32 @@ async def apply(
     rule: CompiledRule | None, query: RoutingQuery, caller: CallerInfo, rules: RuleBase, store: Store
 ) -> Decision:
     """Turn the matched rule (or none) into a decision, taking a number from a pool where one is due."""
+    fields, turn = _draft(rule, query, caller, rules)
+    if turn is not None:
+        fields["target"] = await pick(turn, rules.services[turn], store)
+    return _decision(rule, query, fields)
+
+
+_TURN = "\x00turn:" + os.urandom(8).hex()
+"""The target of a draft whose number a round-robin turn is still to choose. Random, so that no text
+of a rule can hold it."""
+_TURN_BYTES = _encode(_TURN)
+
+
+def _draft(
+    rule: CompiledRule | None, query: RoutingQuery, caller: CallerInfo, rules: RuleBase
+) -> tuple[dict[str, Any], str | None]:
+    """The decision's fields, and the service whose shared round-robin position is still to choose the
+    target (``fields["target"]`` is then ``_TURN``), or None."""
     fields: dict[str, Any] = {}
+    turn = None
     if rule is not None and not rule.then.default:
         a = rule.then
         if a.service is not None:
-            fields["target"] = await pick(a.service, rules.services[a.service], store)
+            target = choose(rules.services[a.service])
+            if target is None:
+                target, turn = _TURN, a.service
+            fields["target"] = target
             fields["service"] = a.service
         elif a.target is not None:
             fields["target"] = a.target.render(caller)
@@ -126,13 +144,36 @@ async def apply(
     if query.needs_destination and not fields.get("target") and not fields.get("disconnect"):
         service = rules.services.get(query.service)
         if service is not None:
-            fields["target"] = await pick(query.service, service, store)
+            target = choose(service)
+            if target is None:
+                target, turn = _TURN, query.service
+            fields["target"] = target
             fields["service"] = query.service
-    if fields.get("target"):
-        fields["id"] = str(uuid6.uuid7())
+    return fields, turn
+
+
+def _decision(rule: CompiledRule | None, query: RoutingQuery, fields: dict[str, Any]) -> Decision:
+    if query.needs_destination and fields.get("target"):
+        # The allocation's id is shown where the protocol answers with a destination (EML's mqID);
+        # no other protocol shows one, so none is made for it.
+        fields["id"] = uuid7()
     # What a rule leaves unset (or a template renders empty) is dropped; 0 is a priority, not "unset".
     kept = {k: v for k, v in fields.items() if v is not None and v is not False and v != "" and v != ()}
     return Decision(rule=None if rule is None else rule.name, **kept)
+
+
+def uuid7() -> str:
+    """A fresh UUIDv7 (RFC 9562): the Unix time in ms, its sub-millisecond fraction in the 12 bits of
+    ``rand_a`` (the RFC's method 3: ids sort by time to a quarter of a microsecond), 62 random bits."""
+    ms, sub = divmod(time.time_ns(), 1_000_000)
+    value = (
+        (ms << 80)
+        | ((0x7000 | (sub * 4096 // 1_000_000)) << 64)
+        | 0x8000_0000_0000_0000
+        | (int.from_bytes(os.urandom(8)) >> 2)
+    )
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def fallback(query: RoutingQuery, rules: RuleBase, reason: str) -> Decision:
@@ -143,7 +184,7 @@ def fallback(query: RoutingQuery, rules: RuleBase, reason: str) -> Decision:
     if service is None:
         return Decision(fallback=reason)
     number = service.numbers[0] if service.strategy == "first" else random.choice(service.numbers)
-    return Decision(target=number, service=query.service, id=str(uuid6.uuid7()), fallback=reason)
+    return Decision(target=number, service=query.service, id=uuid7(), fallback=reason)
 
 
 def _key(query: RoutingQuery) -> str:
@@ -171,78 +212,97 @@ async def _once(query: RoutingQuery, ctx: Context, remember_s: float, deadline: 
         fut.set_result(result)
 
 
+_pools: dict[int, tuple[Service, Pool]] = {}
+
+
+def _pool(service: Service) -> Pool:
+    """The numbers of ``service`` each as a record holds it (see ``_once_across``); made once a service."""
+    hit = _pools.get(id(service))
+    if hit is None or hit[0] is not service:
+        if len(_pools) >= 1024:
+            _pools.clear()  # services of configs reloaded away; the current ones are made again
+        hit = _pools[id(service)] = (service, Pool(service.numbers, [_encode(n) for n in service.numbers]))
+    return hit[1]
+
+
 async def _once_across(
     key: str, query: RoutingQuery, ctx: Context, remember_s: float, deadline: float | None
 ) -> Decision:
-    """Claim ``key`` in the store and decide, or wait for the replica that claimed it first."""
-    loop = asyncio.get_running_loop()
-    # The claim outlives the claimant's own deadline a little, then lapses if it died meanwhile.
-    lease = 1.0 + (5.0 if deadline is None else max(0.0, deadline - loop.time()))
-    token = PENDING + os.urandom(16)
+    """Decide, then keep the decision under ``key`` in one store operation, unless the key holds the
+    record of the call's first decision: then that one is the answer, on whichever replica it was made.
+
+    Deciding first claims nothing, so a round-robin pool's number is left to the store: the allocation
+    advances the pool's counter only when it claims the key, and splices the number of that turn into
+    the record. On Redis that is one round trip for a new call.
+    """
+    caller = await caller_info(query, ctx, deadline)
+    rule = first_match(query, caller, ctx.rules, ctx.clock())
+    fields, turn = _draft(rule, query, caller, ctx.rules)
+    draft = _decision(rule, query, fields)
+    store = ctx.store
+    if not draft.target:
+        return await _held(store, key, draft)
+    # Redis keeps the record by mqID too (SPEC section 5), for whatever else reads Redis; nothing in the
+    # gateway reads it. A store in process is read by this process alone, so there it would only double
+    # the entries each call holds, and halve the calls that fit before one is evicted inside its window.
+    also = (f"mq:{draft.id}",) if draft.id and store.shared else ()
+    # A store that claims in steps holds the claim a little past the claimant's own deadline; it lapses
+    # then if the claimant died meanwhile.
+    lease = 1.0 + (5.0 if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time()))
+    record = _encode(draft)
+    pool = None
+    if turn is None:
+        allocation = Allocation(key=key, head=record, ttl_s=remember_s, also=also, lease_s=lease)
+    else:
+        pool = _pool(ctx.rules.services[turn])
+        head, _, tail = record.partition(_TURN_BYTES)
+        allocation = Allocation(
+            key=key,
+            head=head,
+            tail=tail,
+            ttl_s=remember_s,
+            counter=counter(turn),
+            pool=pool,
+            also=also,
+            lease_s=lease,
+        )
     delay = 0.005
     while True:
-        # Claim first: a new call (the common case) costs one round trip here, not two.
         try:
-            if await ctx.store.add(key, token, lease):
-                break
+            got = await store.allocate(allocation)
         except StoreBusy:
             raise  # never sent
         except StoreError:
-            # Sent, but its answer was lost: the claim may have landed. Read back whose it is; taking it
-            # for ours blindly could allocate twice, taking it for another's would wait on nobody.
-            pass
-        raw = await ctx.store.get(key)
-        if raw == token:
-            break  # ours: it landed
+            # Sent, but its answer was lost: it may have taken effect. What the key holds tells: our
+            # record (then it is ours to answer), another's, a claim under way, or nothing yet.
+            got = await store.get(key)
+            if got is None:
+                continue
+        if isinstance(got, int):
+            # Claimed: the decision is the answer, with the number its turn chose (what the record holds).
+            if pool is not None:
+                draft = msgspec.structs.replace(draft, target=pool.numbers[pool.index(got)])
+            return draft
+        if not got.startswith(PENDING):
+            first = _decode(got)
+            ours = draft.id is not None and first.id == draft.id
+            return first if ours else msgspec.structs.replace(first, replayed=True)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+async def _held(store: Store, key: str, decision: Decision) -> Decision:
+    """``decision`` (which allocates nothing, so keeps nothing), unless the call's first decision is kept
+    under ``key``: then that one, made while the config said otherwise. A claim under way is waited for."""
+    delay = 0.005
+    while True:
+        raw = await store.get(key)
         if raw is None:
-            continue  # the claim lapsed or was given up just now: try again at once
+            return decision
         if not raw.startswith(PENDING):
             return msgspec.structs.replace(_decode(raw), replayed=True)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
-    try:
-        decision = await _decide(query, ctx, deadline)
-    except BaseException:
-        await asyncio.shield(_give_up(ctx.store, key))
-        raise
-    if decision.target:
-        record = _encode(decision)
-        records = {key: record}
-        # Redis keeps the record by mqID too (SPEC section 5), for whatever else reads Redis; nothing in
-        # the gateway reads it. A store in process is read by this process alone, so there it would only
-        # double the entries each call holds, and halve the calls that fit before one is evicted
-        # inside its retry window.
-        if ctx.store.shared:
-            records[f"mq:{decision.id}"] = record
-        await _record(ctx.store, records, remember_s)
-    else:
-        await _give_up(ctx.store, key)
-    return decision
-
-
-async def _give_up(store: Store, key: str) -> None:
-    """Drop a claim that leads to no record, so a retry need not wait for it. Should that fail, the
-    claim lapses with its lease: no reason to fail the call as well."""
-    with contextlib.suppress(StoreError):
-        await store.delete(key)
-
-
-async def _record(store: Store, records: dict[str, bytes], ttl_s: float) -> None:
-    """Write a decision's records, trying a failed write once more (a SET again is harmless). A call
-    answered but not remembered could be allocated twice on a retry; still, the decision was made and
-    is the answer, so a write that fails twice fails nothing else."""
-    for _ in range(2):
-        keys = list(records)
-        results = await asyncio.gather(
-            *(store.set(k, records[k], ttl_s) for k in keys), return_exceptions=True
-        )
-        for k, result in zip(keys, results, strict=True):
-            if result is None:
-                del records[k]
-            elif not isinstance(result, StoreError):
-                raise result
-        if not records:
-            return
 
 
 def explain(

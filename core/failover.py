@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 
 from core.errors import StoreBusy, StoreError, StoreRefused
-from core.store import MemoryStore, Store
+from core.store import Allocation, MemoryStore, Store
 
 log = logging.getLogger("routing_gateway")
 
@@ -137,6 +137,9 @@ class FailoverStore:
 
     async def incr(self, key: str) -> int:
         return await self._run("incr", key)
+
+    async def allocate(self, allocation: Allocation) -> int | bytes:
+        return await self._run("allocate", allocation)
 
     async def ping(self) -> None:
         """Never raises: the in-process store always answers. Whether Redis does, status() tells."""

@@ -1,8 +1,11 @@
 """The store in Redis (a single server, a Cluster, or a Sentinel-managed master), shared by replicas.
 
-Every failure leaves here as :class:`StoreError`. Each operation touches one key, so keys need no hash
+Every failure leaves here as :class:`StoreError`. Each command touches one key, so keys need no hash
 tags to be Cluster-safe; the atomic ones are single commands (``SET NX PX``, ``INCR``), so no replica
-can race another between a read and a write.
+can race another between a read and a write. An allocation is one script (``EVALSHA``): one round trip,
+atomic on the server. It touches the call's keys and the pool's counter, which a Cluster keeps in
+different slots (a call's key must not depend on the pool a config picks for it, and one counter serves
+every call of its pool), so on a Cluster it goes in steps instead: a claim, the counter, the record.
 
 At most ``max_connections`` connections send at once. A call that finds them all busy waits for one,
 up to ``timeout_s``, and then fails as :class:`StoreBusy`: a full pool is load, not an outage. Once on
@@ -13,14 +16,41 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import hashlib
+import os
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster, Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
 from core.errors import StoreBusy, StoreError, StoreRefused
+from core.store import PENDING, Allocation
+
+# Store.allocate in one step. KEYS: the call's key, the other keys of its record, then the counter when
+# there is one. ARGV: the TTL in ms, the record's head and tail, and the packed pool (core.store.Pool;
+# empty: no counter). Answers what the call's key holds, or the turn it claimed (0 without a counter).
+ALLOCATE = b"""
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+local last, turn, record = #KEYS, 0, ARGV[2]
+local pool = ARGV[4]
+if pool ~= '' then
+  turn = redis.call('INCR', KEYS[last])
+  last = last - 1
+  local i = (turn - 1) % struct.unpack('>I4', pool)
+  local from = struct.unpack('>I4', pool, 5 + 4 * i)
+  local to = struct.unpack('>I4', pool, 9 + 4 * i)
+  record = ARGV[2] .. string.sub(pool, from, to - 1) .. ARGV[3]
+end
+for k = 1, last do
+  redis.call('SET', KEYS[k], record, 'PX', ARGV[1])
+end
+return turn
+"""
+ALLOCATE_SHA = hashlib.sha1(ALLOCATE).hexdigest()
 
 # See Patience: hops through the event loop's ready queue between a timer falling due and the cancel.
 _HOPS = 3
@@ -106,9 +136,10 @@ class RedisStore:
         self._queue: collections.deque[_Op] = collections.deque()
         self._senders: set[asyncio.Task] = set()
         self._starting = False
+        self._cluster = isinstance(client, RedisCluster)
         # The async Cluster client loads its slot map on first use; many first commands at once would
         # each start loading it and trip over one another, so the first ones wait for one load.
-        self._init_lock: asyncio.Lock | None = asyncio.Lock() if isinstance(client, RedisCluster) else None
+        self._init_lock: asyncio.Lock | None = asyncio.Lock() if self._cluster else None
 
     @classmethod
     def connect(
@@ -266,6 +297,72 @@ class RedisStore:
 
     async def incr(self, key: str) -> int:
         return int(await self._call("INCR", self._prefix + key))
+
+    async def allocate(self, allocation: Allocation) -> int | bytes:
+        if self._cluster:
+            return await self._allocate_in_steps(allocation)
+        a, prefix = allocation, self._prefix
+        keys = [prefix + a.key]
+        keys += [prefix + k for k in a.also]
+        pool = b""
+        if a.counter is not None and a.pool is not None:
+            keys.append(prefix + a.counter)
+            pool = a.pool.packed
+        args = (len(keys), *keys, max(1, int(a.ttl_s * 1000)), a.head, a.tail, pool)
+        try:
+            return await self._call("EVALSHA", ALLOCATE_SHA, *args)
+        except StoreRefused as exc:
+            if not isinstance(exc.__cause__, NoScriptError):
+                raise
+        # Redis does not hold the script (restarted, flushed, failed over): EVAL sends it, and keeps it.
+        return await self._call("EVAL", ALLOCATE, *args)
+
+    async def _allocate_in_steps(self, a: Allocation) -> int | bytes:
+        """Allocate with single-key commands: claim the call's key (a PENDING token, for ``lease_s``),
+        advance the counter, then write the record over the claim. Calls of the same key meanwhile find
+        the claim and wait for the record."""
+        token = PENDING + os.urandom(16)
+        while True:
+            try:
+                if await self.add(a.key, token, a.lease_s):
+                    break
+            except StoreBusy:
+                raise  # never sent
+            except StoreError:
+                # Sent, but its answer was lost: the claim may have landed. Read back whose it is; taking
+                # it for ours blindly could allocate twice, taking it for another's would wait on nobody.
+                pass
+            held = await self.get(a.key)
+            if held == token:
+                break  # ours: it landed
+            if held is not None:
+                return held
+            # The claim lapsed or was given up just now: try again at once.
+        try:
+            turn = await self.incr(a.counter) if a.counter is not None else 0
+        except BaseException:
+            # No number, no record: drop the claim so that a retry need not wait for it to lapse.
+            await asyncio.shield(self._forget(a.key))
+            raise
+        record = a.record(turn)
+        keys = [a.key, *a.also]
+        # The turn is taken: the allocation is made, and a failed write fails nothing else. A SET again
+        # is harmless, so each is tried twice; a claim never overwritten lapses with its lease.
+        for _ in range(2):
+            results = await asyncio.gather(
+                *(self.set(k, record, a.ttl_s) for k in keys), return_exceptions=True
+            )
+            for result in results:
+                if result is not None and not isinstance(result, StoreError):
+                    raise result
+            keys = [k for k, result in zip(keys, results, strict=True) if result is not None]
+            if not keys:
+                break
+        return turn
+
+    async def _forget(self, key: str) -> None:
+        with contextlib.suppress(StoreError):
+            await self.delete(key)
 
     async def ping(self) -> None:
         # Past the queue, on the pool's spare connection: whether Redis answers is asked of Redis itself,

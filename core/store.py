@@ -8,10 +8,65 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import struct
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
+
+import msgspec
+
+PENDING = b"\x00pending"
+"""How a claim under way starts (a store that allocates in steps holds one until the record is written);
+the rest is the claimant's own token, so that it knows its claim again."""
+
+
+class Pool:
+    """The numbers a round-robin counter chooses among, each with the bytes it takes in a record.
+
+    Turn ``t`` (the counter's value after it advanced) chooses number ``(t - 1) % len``, wherever the
+    choice is made. ``packed`` holds the lot in one string, for a store that chooses on its own server:
+    the count and ``len + 1`` offsets (1-based, 4 bytes big-endian each), then the bytes of every choice.
+    Made once per pool and kept: an allocation only refers to it.
+    """
+
+    __slots__ = ("choices", "numbers", "packed")
+
+    def __init__(self, numbers: Sequence[str], choices: Sequence[bytes]) -> None:
+        self.numbers = tuple(numbers)
+        self.choices = tuple(choices)
+        start = 4 * (len(self.choices) + 2) + 1
+        offsets = [start]
+        for choice in self.choices:
+            offsets.append(offsets[-1] + len(choice))
+        header = struct.pack(f">{len(offsets) + 1}I", len(self.choices), *offsets)
+        self.packed = header + b"".join(self.choices)
+
+    def index(self, turn: int) -> int:
+        return (turn - 1) % len(self.numbers)
+
+
+class Allocation(msgspec.Struct, frozen=True, kw_only=True):
+    """One call's allocation, for :meth:`Store.allocate`: the record to keep under ``key`` (and the keys
+    in ``also``) for ``ttl_s``. With a ``counter`` (and its ``pool``), the record is ``head``, the bytes of
+    the number the counter's turn chooses, then ``tail``; without, it is ``head`` alone."""
+
+    key: str
+    head: bytes
+    ttl_s: float
+    tail: bytes = b""
+    counter: str | None = None
+    pool: Pool | None = None
+    also: tuple[str, ...] = ()
+    lease_s: float = 5.0
+    """How long a claim made in steps holds before its record is written (see ``PENDING``); it lapses
+    after that if the claimant died meanwhile. A store that allocates in one step ignores it."""
+
+    def record(self, turn: int) -> bytes:
+        """The record for the counter's ``turn`` (any turn when there is no counter)."""
+        if self.pool is None:
+            return self.head
+        return self.head + self.pool.choices[self.pool.index(turn)] + self.tail
 
 
 class Store(Protocol):
@@ -36,6 +91,17 @@ class Store(Protocol):
         """Add one to the counter under ``key`` (from 0) and return the new value. Atomic; no TTL.
 
         ``get`` of a counter key gives its value as ASCII digits."""
+
+    async def allocate(self, allocation: Allocation) -> int | bytes:
+        """Claim ``allocation.key`` when it holds nothing: advance the counter (when there is one) and
+        keep the record of that turn under the key and every key in ``also``; answer the turn (0 without
+        a counter). When the key holds something, change nothing and answer what it holds: another
+        call's record, or a claim under way (it starts with ``PENDING``) to wait on.
+
+        Atomic (of concurrent allocations of one key, one claims, and only it advances the counter), and
+        one round trip wherever the store allows. A :class:`core.errors.StoreError` that is not
+        :class:`core.errors.StoreBusy` may come after the allocation took effect: what the key holds tells.
+        """
 
     async def ping(self) -> None:
         """Raise :class:`core.errors.StoreError` when the store cannot serve."""
@@ -159,6 +225,21 @@ class MemoryStore:
         self._counters[key] = n
         return n
 
+    async def allocate(self, allocation: Allocation) -> int | bytes:
+        # Nothing here lets another task in between the check and the writes: atomic as it stands.
+        held = self._live(allocation.key)
+        if held is not None:
+            return held
+        turn = 0
+        if allocation.counter is not None:
+            turn = self._counters.get(allocation.counter, 0) + 1
+            self._counters[allocation.counter] = turn
+        record = allocation.record(turn)
+        await self.set(allocation.key, record, allocation.ttl_s)
+        for key in allocation.also:
+            await self.set(key, record, allocation.ttl_s)
+        return turn
+
     async def ping(self) -> None:
         return None
 
@@ -197,6 +278,16 @@ class DryRunStore:
         # The position the next real request would take, without taking it.
         raw = await self._inner.get(key)
         return (int(raw) if raw else 0) + 1
+
+    async def allocate(self, allocation: Allocation) -> int | bytes:
+        held = await self.get(allocation.key)
+        if held is not None:
+            return held
+        turn = await self.incr(allocation.counter) if allocation.counter is not None else 0
+        record = allocation.record(turn)
+        for key in (allocation.key, *allocation.also):
+            await self._values.set(key, record, allocation.ttl_s)
+        return turn
 
     async def ping(self) -> None:
         await self._inner.ping()

@@ -225,3 +225,51 @@ async def test_priority_zero_is_answered(tmp_path):
     assert smartrouting.render(beside, RoutingQuery(protocol="smartrouting")).body == (
         b'{"InitialTarget":"Q","ExtraPriority":0}'
     )
+
+
+async def test_an_id_is_made_only_where_the_protocol_shows_one(rules):
+    # EML answers with an mqID; SmartRouting shows none, so its decisions carry none.
+    sr = await decide(RoutingQuery(protocol="smartrouting", service="P"), ctx(rules))
+    assert sr.target == "a" and sr.id is None
+    eml = await decide(RoutingQuery(protocol="eml", service="P", needs_destination=True), ctx(rules))
+    assert eml.target == "a" and eml.id
+
+
+def test_ids_are_uuid7_in_time_order():
+    import time
+    import uuid
+
+    from core.decide import uuid7
+
+    before = time.time_ns() // 1_000_000
+    ids = [uuid7() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == len(ids)
+    stamps = []
+    for text in ids:
+        u = uuid.UUID(text)
+        assert str(u) == text and u.version == 7 and u.variant == uuid.RFC_4122
+        assert before <= u.int >> 80 <= after
+        stamps.append(u.int >> 64)  # the time in ms, then its fraction to a quarter of a microsecond
+    assert stamps == sorted(stamps)
+
+
+async def test_a_retry_gets_the_first_answer_whatever_the_config_says_now(rules, tmp_path):
+    # The call was allocated; a reload then removes its classification's pool, or disconnects it. A retry
+    # inside the window still gets the first answer; only a new call hears of the change.
+    store = MemoryStore()
+    q = RoutingQuery(protocol="eml", service="P", needs_destination=True, idempotency_key="call-9\x1fP")
+    first = await decide(q, ctx(rules, store=store), remember_s=60)
+    assert first.target == "a" and not first.replayed
+    path = tmp_path / "after.toml"
+    path.write_text(
+        '[services.Pool]\nnumbers = ["z"]\n'
+        '[[rules]]\nname = "gone"\nwhen = { service = "P" }\nthen = { disconnect = true }\n'
+    )
+    after = load(path).rules
+    again = await decide(q, ctx(after, store=store), remember_s=60)
+    assert (again.target, again.id, again.replayed) == ("a", first.id, True)
+    other = RoutingQuery(protocol="eml", service="P", needs_destination=True, idempotency_key="call-10\x1fP")
+    new = await decide(other, ctx(after, store=store), remember_s=60)
+    assert new.disconnect and not new.target and not new.replayed
+    assert await store.get("rr:Pool") == b"1"

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 import uuid
 
+import msgspec
 import pytest
 import uvloop
 
-from core.decide import Context, RuleBase, decide
+from core.decide import Context, RuleBase, _key, decide
 from core.errors import StoreBusy, StoreError
 from core.failover import FailoverStore
-from core.query import RoutingQuery
+from core.query import Decision, RoutingQuery
 from core.redis_store import Patience, RedisStore
 from core.services import Service
-from core.store import MemoryStore
+from core.store import PENDING, Allocation, DryRunStore, MemoryStore, Pool
 
 pytestmark = pytest.mark.anyio
 
@@ -95,62 +97,128 @@ async def test_ping(store):
     await store.ping()
 
 
-async def test_prefixes_keep_gateways_apart(redis_server):
-    a = RedisStore.connect(redis_server.url, "a:", 1.0)
-    b = RedisStore.connect(redis_server.url, "b:", 1.0)
-    await a.set("k", b"from-a", 10)
-    assert await b.get("k") is None
-    assert redis_server.client().get("a:k") == b"from-a"
-    await a.close()
-    await b.close()
+# --- allocate: claim a call's key, take the pool's turn only then, keep the record ---------------
+
+ABC = Pool(["a", "b", "c"], [b"A", b"B", b"C"])
 
 
-async def test_store_errors_are_wrapped(own_redis):
-    from core.errors import StoreError
+def allocation(key: str, head: bytes = b"<", ttl_s: float = 10, **kw) -> Allocation:
+    """A record ``<`` + the chosen choice + ``>`` under ``key`` and ``mq:`` + key, turns of ``rr:abc``."""
+    kw.setdefault("tail", b">")
+    kw.setdefault("counter", "rr:abc")
+    kw.setdefault("pool", ABC)
+    return Allocation(key=key, head=head, ttl_s=ttl_s, also=(f"mq:{key}",), **kw)
 
-    s = RedisStore.connect(own_redis.url, "x:", 0.2)
-    await s.set("k", b"v", 10)
-    own_redis.kill()
-    for op in (s.get("k"), s.set("k", b"v", 1), s.add("k", b"v", 1), s.incr("k"), s.delete("k"), s.ping()):
-        with pytest.raises(StoreError):
-            await op
+
+async def test_allocate_claims_once_and_advances_the_counter_only_then(store):
+    assert await store.allocate(allocation("call:1")) == 1
+    assert await store.get("call:1") == b"<A>" and await store.get("mq:call:1") == b"<A>"
+    # Taken: nothing changes, and the answer is what the key holds.
+    assert await store.allocate(allocation("call:1", head=b"[")) == b"<A>"
+    assert await store.get("rr:abc") == b"1"
+    turns = [await store.allocate(allocation(f"call:{n}")) for n in range(2, 6)]
+    assert turns == [2, 3, 4, 5]
+    assert [await store.get(f"call:{n}") for n in range(1, 6)] == [b"<A>", b"<B>", b"<C>", b"<A>", b"<B>"]
+
+
+async def test_allocate_without_a_counter_keeps_the_head(store):
+    plain = Allocation(key="call:p", head=b"record", ttl_s=10)
+    assert await store.allocate(plain) == 0
+    assert await store.allocate(Allocation(key="call:p", head=b"other", ttl_s=10)) == b"record"
+    assert await store.get("call:p") == b"record"
+
+
+async def test_concurrent_allocations_of_one_call_allocate_once(store):
+    got = await asyncio.gather(*(store.allocate(allocation("call:race", head=b"%d" % i)) for i in range(50)))
+    claimed = [g for g in got if isinstance(g, int)]
+    assert claimed == [1]
+    record = b"%dA>" % got.index(1)
+    # The others get the winner's record, or (from a store allocating in steps) its claim to wait on.
+    assert all(g == record or g.startswith(PENDING) for g in got if g != 1)
+    assert await store.get("call:race") == record and await store.get("rr:abc") == b"1"
+
+
+async def test_concurrent_allocations_take_every_turn_once(store):
+    # A burst of new calls on one pool: strict round-robin, each record holding its own turn's choice.
+    got = await asyncio.gather(*(store.allocate(allocation(f"call:{i}")) for i in range(300)))
+    assert sorted(got) == list(range(1, 301))
+    records = await asyncio.gather(*(store.get(f"call:{i}") for i in range(300)))
+    assert records == [b"<" + b"ABC"[(turn - 1) % 3 : (turn - 1) % 3 + 1] + b">" for turn in got]
+
+
+async def test_allocation_lasts_its_ttl(store):
+    assert await store.allocate(allocation("call:t", ttl_s=0.05)) == 1
+    await asyncio.sleep(0.15)
+    assert await store.get("call:t") is None and await store.get("mq:call:t") is None
+    assert await store.allocate(allocation("call:t")) == 2
+
+
+async def test_allocate_answers_a_claim_under_way(store):
+    # A replica allocating in steps holds a PENDING claim until its record is written: it is answered
+    # as it is, for the caller to wait on, and nothing else changes.
+    await store.set("call:w", PENDING + b"token", 10)
+    assert await store.allocate(allocation("call:w")) == PENDING + b"token"
+    assert await store.get("rr:abc") is None
+
+
+async def test_redis_allocation_keeps_the_prefix(redis_server):
+    s = RedisStore.connect(redis_server.url, "pa:", 1.0)
+    assert await s.allocate(allocation("call:k")) >= 1
+    client = redis_server.client()
+    assert client.get("pa:call:k") == client.get("pa:mq:call:k") and client.exists("pa:rr:abc")
+    assert client.get("call:k") is None
     await s.close()
 
 
-async def test_failover_serves_in_process_and_comes_back(own_redis):
-    s = FailoverStore(RedisStore.connect(own_redis.url, "f:", 0.2), MemoryStore(), 0.1)
-    assert await s.incr("rr") == 1 and s.status() == "ok"
-    own_redis.kill()
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    assert await s.incr("rr") == 1  # the in-process counter, from 0
-    assert s.status() == "degraded"
-    assert await s.incr("rr") == 2
-    assert loop.time() - began < 1.5  # about two Redis timeouts (call, confirming ping), then no waiting
-    own_redis.start()
-    for _ in range(50):
-        if s.status() == "ok":
-            break
-        await asyncio.sleep(0.05)
-    assert s.status() == "ok"
-    # Redis again (restarted empty, as it keeps nothing on disk here): the write lands in it.
-    assert await s.incr("rr") == 1
-    assert own_redis.client().get("f:rr") == b"1"
+async def test_redis_reloads_a_script_it_lost(own_redis):
+    s = RedisStore.connect(own_redis.url, "sl:", 1.0)
+    assert await s.allocate(allocation("call:1")) == 1
+    own_redis.client().script_flush()  # as after a restart or a failover to a replica
+    assert await s.allocate(allocation("call:2")) == 2
+    assert await s.allocate(allocation("call:3")) == 3
     await s.close()
 
 
-async def test_shared_says_whether_other_processes_read_it(store):
-    # The in-process store is read by this process alone; the others by every replica.
-    assert store.shared is (not isinstance(store, MemoryStore))
+class Watch:
+    """The commands clients send ``server`` from now until ``stop()`` (not those a script makes)."""
+
+    def __init__(self, server) -> None:
+        self._marker = server.client()
+        self._marker.ping()  # its own connection set up before the watch
+        self.commands: list[str] = []
+        ready = threading.Event()
+
+        def watch() -> None:
+            with server.client().monitor() as m:
+                ready.set()
+                for cmd in m.listen():
+                    if cmd["command"] == "ECHO end-of-watch":
+                        return
+                    if cmd["client_type"] != "lua":
+                        self.commands.append(cmd["command"].split()[0])
+
+        self._thread = threading.Thread(target=watch)
+        self._thread.start()
+        ready.wait(5)
+
+    def stop(self) -> list[str]:
+        self._marker.echo("end-of-watch")
+        self._thread.join(10)
+        return self.commands
 
 
-async def test_many_concurrent_calls_each_get_their_own_answer(store):
-    # A burst larger than any pool: every call is answered, and each with its own answer.
-    await asyncio.gather(*(store.set(f"m{i}", str(i).encode(), 10) for i in range(600)))
-    got = await asyncio.gather(*(store.get(f"m{i}") for i in range(600)))
-    assert got == [str(i).encode() for i in range(600)]
-    claims = await asyncio.gather(*(store.add(f"m{i % 300}", b"x", 10) for i in range(600)))
-    assert claims == [False] * 600
+async def test_a_new_call_on_redis_is_one_round_trip(own_redis):
+    # The claim, the pool's turn and both records: one EVALSHA. A retry: one EVALSHA too.
+    store = RedisStore.connect(own_redis.url, "rt:", 1.0)
+    ctx = context(store)
+    await store.allocate(allocation("call:warm"))  # the connection set up, the script loaded
+    watch = Watch(own_redis)
+    first = await decide(eml_call("c1"), ctx, remember_s=60)
+    again = await decide(eml_call("c1"), ctx, remember_s=60)
+    assert watch.stop() == ["EVALSHA", "EVALSHA"]
+    assert first.target == "100" and first.id and not first.replayed
+    assert again == msgspec.structs.replace(first, replayed=True)  # the record is the answer, whole
+    await store.close()
 
 
 # --- the in-process store: bounded, expired values reclaimed, evictions told ---------------------
@@ -403,10 +471,10 @@ class LostAnswers:
         return lossy
 
 
-async def test_claim_whose_answer_was_lost_is_read_back_and_kept():
-    # The claim landed, its answer did not: the call reads back that the claim is its own and goes on,
-    # instead of failing (and being allocated again on its retry) or waiting on itself.
-    store = LostAnswers("add")
+async def test_allocation_whose_answer_was_lost_is_read_back_and_kept():
+    # The allocation took effect, its answer was lost: the call reads back that the record is its own and
+    # answers it, instead of failing (and being allocated again on its retry) or replaying itself.
+    store = LostAnswers("allocate")
     ctx = context(store)
     first = await decide(eml_call("c1"), ctx, remember_s=60)
     assert first.target == "100" and not first.replayed
@@ -415,18 +483,90 @@ async def test_claim_whose_answer_was_lost_is_read_back_and_kept():
     assert await store.get("rr:Sales") == b"1"
 
 
-async def test_record_write_that_fails_once_is_written_again():
-    store = LostAnswers("set")
+class LossyRedis(RedisStore):
+    """A Redis store whose first ``left`` answers to ``lose`` calls (add or set) are lost on the way back,
+    after the call took effect."""
+
+    lose = ""
+    left = 0
+
+    def _lost(self, name: str, result):
+        if name == self.lose and self.left:
+            self.left -= 1
+            raise StoreError(f"{name}: answer lost")
+        return result
+
+    async def add(self, *args):
+        return self._lost("add", await super().add(*args))
+
+    async def set(self, *args):
+        return self._lost("set", await super().set(*args))
+
+
+@pytest.fixture
+async def cluster_store(cluster):
+    stores = []
+
+    def make(lose: str = "", times: int = 1) -> LossyRedis:
+        s = LossyRedis.connect(cluster.url, f"c{uuid.uuid4().hex[:8]}:", 1.0, cluster=True)
+        s.lose, s.left = lose, times
+        stores.append(s)
+        return s
+
+    yield make
+    for s in stores:
+        await s.close()
+
+
+async def test_cluster_claim_whose_answer_was_lost_is_read_back_and_kept(cluster_store):
+    # On a Cluster, an allocation goes in steps: the claim landed, its answer did not; the call reads
+    # back that the claim is its own and goes on.
+    store = cluster_store("add")
+    ctx = context(store)
+    first = await decide(eml_call("c1"), ctx, remember_s=60)
+    assert first.target == "100" and not first.replayed
+    again = await decide(eml_call("c1"), ctx, remember_s=60)
+    assert (again.target, again.id, again.replayed) == ("100", first.id, True)
+    assert await store.get("rr:Sales") == b"1"
+
+
+async def test_cluster_record_write_that_fails_once_is_written_again(cluster_store):
+    store = cluster_store("set")
     ctx = context(store)
     first = await decide(eml_call("c1"), ctx, remember_s=60)
     again = await decide(eml_call("c1"), ctx, remember_s=60)
     assert (again.target, again.id, again.replayed) == (first.target, first.id, True)
 
 
-async def test_record_write_that_keeps_failing_still_answers_with_the_decision():
-    store = LostAnswers("set", times=10)
+async def test_cluster_record_write_that_keeps_failing_still_answers_with_the_decision(cluster_store):
+    store = cluster_store("set", times=10)
     first = await decide(eml_call("c1"), context(store), remember_s=60)
     assert first.target == "100" and first.fallback is None
+
+
+async def test_a_claim_under_way_is_waited_for():
+    # A replica allocating in steps (on a Cluster, or a gateway of an earlier release) holds a claim
+    # until its record is written: a call of the same key waits for that record, and answers it.
+    store = MemoryStore()
+    key = _key(eml_call("c0"))
+    await store.set(key, PENDING + b"someone", 60)
+    call = asyncio.ensure_future(decide(eml_call("c0"), context(store), remember_s=60))
+    await asyncio.sleep(0.05)
+    assert not call.done()
+    theirs = Decision(target="102", service="Sales", id="their-id")
+    await store.set(key, msgspec.msgpack.encode(theirs), 60)
+    got = await call
+    assert (got.target, got.id, got.replayed) == ("102", "their-id", True)
+    assert await store.get("rr:Sales") is None  # no turn taken here
+
+
+async def test_dry_run_allocation_takes_no_turn_and_writes_nothing():
+    inner = MemoryStore()
+    dry = DryRunStore(inner)
+    assert await dry.allocate(allocation("call:d")) == 1
+    assert await dry.allocate(allocation("call:d")) == b"<A>"
+    assert await dry.allocate(allocation("call:e")) == 1  # the inner position, not advanced
+    assert await inner.get("call:d") is None and await inner.get("rr:abc") is None
 
 
 async def test_in_process_store_keeps_one_entry_per_call_and_tells_evictions():
@@ -459,6 +599,17 @@ async def test_refused_call_opens_the_circuit_without_asking(own_redis):
     own_redis.client().config_set("maxmemory-policy", "noeviction")
     assert await s.incr("rr") == 1
     assert s.status() == "degraded" and s.suspicions == 0
+    await s.close()
+
+
+async def test_refused_allocation_opens_the_circuit_and_is_made_in_process(own_redis):
+    s = FailoverStore(RedisStore.connect(own_redis.url, "oa:", 1.0), MemoryStore(), 5)
+    assert await s.allocate(allocation("call:1")) == 1
+    own_redis.client().config_set("maxmemory", "1")
+    own_redis.client().config_set("maxmemory-policy", "noeviction")
+    assert await s.allocate(allocation("call:2")) == 1  # the in-process counter, from 0
+    assert s.status() == "degraded" and s.suspicions == 0
+    assert own_redis.client().get("oa:call:2") is None and await s.get("call:2") == b"<A>"
     await s.close()
 
 

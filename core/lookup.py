@@ -7,6 +7,11 @@ says nothing of its health. Anything else (a 5xx or another status, a body that 
 over 64 KiB or not UTF-8, a refused connection, a timeout) is a failure of the CRM itself and counts
 toward its circuit breaker. Neither a rejection nor a failure is cached; each is counted and the
 decision goes on without it. No error of the lookup ever reaches the caller.
+
+A found or not-found answer, read from the store or from the CRM, is also kept in process for
+``near_cache_s`` (never past its own freshness), so that a caller calling again meanwhile costs no
+store round trip; it counts as a ``hit``. Other replicas, and whoever changes the store's entry, are
+seen once that time is up.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -42,6 +48,7 @@ class LookupConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     attributes: list[str] = []
     failures_to_open: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
     open_s: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 30.0
+    near_cache_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
 
 
 class Cached(msgspec.Struct, array_like=True):
@@ -72,6 +79,12 @@ Observer = Callable[[str, float | None], None]
 seconds of each request made to the CRM."""
 
 Answer = tuple[Cached | None, str]
+
+NEAR_MAX = 4096
+"""Most answers kept in process per lookup (about 650 bytes each); the least recently used goes first."""
+
+Near = tuple[float, CallerInfo | None]
+"""An answer kept in process: until when (``time.monotonic``), and the caller it found, if any."""
 
 
 def _ignore(result: str, seconds: float | None) -> None:
@@ -115,8 +128,9 @@ class Breaker:
 class _Flight:
     """One number's lookup under way in this process: the store read, then when needed the CRM request
     and the cache write. It is joinable from before the store read until after the cache write, so a
-    caller either joins it or reads the store after that write: never neither. ``answer`` is set as
-    soon as an answer is known (a stale entry is answered before its refresh)."""
+    caller either joins it, or finds its answer kept in process, or reads the store after that write:
+    never none of them. ``answer`` is set as soon as an answer is known (a stale entry is answered
+    before its refresh)."""
 
     __slots__ = ("answer", "task")
 
@@ -159,23 +173,47 @@ class CrmLookup:
             self.breaker.open_s = cfg.open_s
         else:
             self.breaker = Breaker(cfg.failures_to_open, cfg.open_s)
+        self._near_s = cfg.near_cache_s
+        if previous is not None and previous.cfg == cfg and previous._store is store:
+            # The same settings and store: what it kept is what this one would have read, so a reload
+            # does not send every caller back to the store at once. Shared until the old one closes.
+            self._near: OrderedDict[str, Near] = previous._near
+        else:
+            self._near = OrderedDict()
 
     def close(self) -> None:
         """Abandon requests under way (at shutdown or when a reload replaces this lookup): whoever waits
         on them goes on without them at once, and later lookups through this one are abandoned too."""
         self._closed = True
+        self._near = OrderedDict()  # a new one: a lookup it was handed over to keeps the old
         for flight in list(self._flights.values()):
             flight.say(None, "abandoned")
             if flight.task is not None:
                 flight.task.cancel()
 
     async def find(self, number: str, budget_s: float) -> CallerInfo | None:
+        """As :meth:`lookup`, without the result's name. What it answers may be shared with other
+        callers: it is read, never changed."""
+        # The hot path, a caller seen within near_cache_s, without a second coroutine. Only phone
+        # numbers are ever kept, so no other check is due first.
+        near = self._near.get(number)
+        if near is not None and near[0] > time.monotonic():
+            self._near.move_to_end(number)
+            self._observe("hit", None)
+            return near[1]
         return (await self.lookup(number, budget_s))[0]
 
     async def lookup(self, number: str, budget_s: float) -> tuple[CallerInfo | None, str]:
         """What the CRM says of ``number`` (normalised) and how it was known: ``hit``, ``stale``,
         ``miss``, ``not_found``, ``rejected``, ``failed``, ``timeout``, ``open``, ``skipped`` (not a
         phone number) or ``abandoned`` (this lookup was replaced or closed). Never raises."""
+        near = self._near.get(number)
+        if near is not None:
+            if near[0] > time.monotonic():
+                self._near.move_to_end(number)
+                self._observe("hit", None)
+                return near[1], "hit"
+            del self._near[number]
         if not is_phone_number(number):
             return self._seen(None, "skipped")
         if self._closed:
@@ -195,9 +233,21 @@ class CrmLookup:
 
     def _seen(self, entry: Cached | None, result: str) -> tuple[CallerInfo | None, str]:
         self._observe(result, None)
-        if entry is None or not entry.found:
-            return None, result
-        return CallerInfo(tags=frozenset(entry.tags), attributes=dict(entry.attributes)), result
+        return _info(entry), result
+
+    def _keep(self, number: str, entry: Cached) -> None:
+        """Keep ``entry`` in process for near_cache_s, or less when it is fresh for less."""
+        left = min(self._near_s, entry.fresh_until - time.time())
+        if left <= 0 or self._closed:
+            return
+        now = time.monotonic()
+        near = self._near
+        near[number] = (now + left, _info(entry))
+        near.move_to_end(number)
+        # Expired entries that nobody read again go first (the least recently used come first, and
+        # none lives longer than near_cache_s past its last use), then whatever is over the bound.
+        while len(near) > NEAR_MAX or next(iter(near.values()))[0] <= now:
+            near.popitem(last=False)
 
     async def _lead(self, number: str) -> _Flight:
         """Start the flight for ``number``. It is taken before the store is read, so that callers
@@ -214,6 +264,7 @@ class CrmLookup:
             flight.say(None, "abandoned")  # closed during the read: nothing new starts
         elif entry is not None and entry.fresh_until >= time.time():
             flight.say(entry, "hit")
+            self._keep(number, entry)
         elif entry is not None and self.cfg.stale_s:
             # Past its TTL but within the stale window: answer now, refresh behind (unless the CRM
             # keeps failing: then the stale answer is all there is).
@@ -240,7 +291,10 @@ class CrmLookup:
 
     async def _ask_for(self, flight: _Flight, number: str) -> None:
         try:
-            flight.say(*await self._ask(number))
+            entry, result = await self._ask(number)
+            if entry is not None:
+                self._keep(number, entry)  # before the flight ends, so a caller never finds neither
+            flight.say(entry, result)
         except Exception as exc:  # noqa: BLE001 - a lookup never fails the call; the cause is logged
             _error(exc)
             flight.say(None, "failed")
@@ -332,6 +386,12 @@ async def _bounded(response: httpx.Response) -> bytes | None:
         if len(body) > MAX_BODY:
             return None
     return bytes(body)
+
+
+def _info(entry: Cached | None) -> CallerInfo | None:
+    if entry is None or not entry.found:
+        return None
+    return CallerInfo(tags=frozenset(entry.tags), attributes=dict(entry.attributes))
 
 
 def _error(exc: Exception) -> None:

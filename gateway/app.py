@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from adapters import Rejected, Reply, eml, smartrouting
+from core.deadline import within
 from core.decide import Context, decide, fallback, utc_now
 from core.errors import StoreError
 from core.failover import FailoverStore
@@ -282,8 +283,7 @@ async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, hea
         return exc.reply, {"outcome": "bad_request"}
     deadline = start + rt.deadline_s
     try:
-        async with asyncio.timeout_at(deadline):
-            decision = await decide(query, rt.ctx, remember_s=ep.remember_s, deadline=deadline)
+        decision = await within(decide(query, rt.ctx, remember_s=ep.remember_s, deadline=deadline), deadline)
     except TimeoutError:
         decision = fallback(query, rt.ctx.rules, "deadline")
     except StoreError:

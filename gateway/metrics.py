@@ -130,7 +130,7 @@ def observe_lookup(result: str, seconds: float | None) -> None:
     if seconds is not None:
         LOOKUP_LATENCY.observe(seconds)
     else:
-        LOOKUPS.labels(result).inc()
+        (_lookups.get(result) or _child(_lookups, LOOKUPS, result)).inc()
 
 
 # The labelled series each answer touches, found once: prometheus-client's labels() costs more than
@@ -139,6 +139,7 @@ _requests: dict[tuple[str, str], Any] = {}
 _latency: dict[str, Any] = {}
 _rules: dict[str, Any] = {}
 _fallbacks: dict[str, Any] = {}
+_lookups: dict[str, Any] = {}
 
 
 def _child(cache: dict, metric: Any, *labels: str) -> Any:

@@ -21,6 +21,7 @@ import hashlib
 import os
 from typing import Any
 
+from hiredis import pack_command
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster, Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -140,6 +141,10 @@ class RedisStore:
         # The async Cluster client loads its slot map on first use; many first commands at once would
         # each start loading it and trip over one another, so the first ones wait for one load.
         self._init_lock: asyncio.Lock | None = asyncio.Lock() if self._cluster else None
+        # Outside a Cluster, senders use connections of their own (see _exchange); ping keeps the client's.
+        self._pool = None if self._cluster else client.connection_pool
+        self._idle: list[Any] = []
+        self._connections: list[Any] = []
 
     @classmethod
     def connect(
@@ -240,20 +245,61 @@ class RedisStore:
     async def _pipeline(self, batch: list[_Op]) -> None:
         try:
             async with Patience(self._timeout):
-                await self._initialized()
-                if len(batch) == 1:  # a pipeline of one costs more than the command alone
-                    answers = [await self._client.execute_command(*batch[0].args)]
+                if self._pool is not None:
+                    answers = await self._exchange(batch)
                 else:
-                    pipe = self._client.pipeline(transaction=False)
-                    for op in batch:
-                        pipe.execute_command(*op.args)
-                    answers = await pipe.execute(raise_on_error=False)
+                    await self._initialized()
+                    if len(batch) == 1:  # a pipeline of one costs more than the command alone
+                        answers = [await self._client.execute_command(*batch[0].args)]
+                    else:
+                        pipe = self._client.pipeline(transaction=False)
+                        for op in batch:
+                            pipe.execute_command(*op.args)
+                        answers = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError, TimeoutError) as exc:
             answers = [exc] * len(batch)
         except BaseException as exc:  # the store closing, or a fault: every call still hears back
             self._settle(batch, [exc] * len(batch))
             raise
         self._settle(batch, answers)
+
+    async def _exchange(self, batch: list[_Op]) -> list[Any]:
+        """Send ``batch`` on a connection of the store's own and read its answers (one write, one read).
+
+        The client's own ``execute_command`` takes a connection from its pool for each call, checks it
+        for stray data, wraps the call in retries and records metrics we do not use: about 100 us of CPU
+        a call, several times the round trip itself. A sender holds its connection for the whole
+        exchange, so one is never shared; a failed or cut-short exchange disconnects it, and it connects
+        again when next taken. Answers are Redis's own (``b"OK"``, not True): nothing here needs the
+        client's conversions.
+        """
+        if self._idle:
+            conn = self._idle.pop()
+        else:
+            conn = self._pool.make_connection()
+            self._connections.append(conn)
+        try:
+            await conn.connect()  # at once when connected
+            # hiredis packs in C what redis-py packs in Python, arguments encoded alike (UTF-8, ints as
+            # digits): about 1 us a command instead of 8.
+            if len(batch) == 1:
+                packed = pack_command(batch[0].args)
+            else:
+                packed = b"".join([pack_command(op.args) for op in batch])
+            await conn.send_packed_command(packed, check_health=False)
+            answers: list[Any] = []
+            for _ in batch:
+                try:
+                    answers.append(await conn.read_response())
+                except ResponseError as exc:  # read whole: the connection goes on
+                    answers.append(exc)
+            return answers
+        except BaseException:
+            # Whatever was cut short, no answer of this exchange may be read as the next one's.
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            self._idle.append(conn)
 
     @staticmethod
     def _settle(batch: list[_Op], answers: list[Any]) -> None:
@@ -375,6 +421,11 @@ class RedisStore:
         self._starting = False
         while self._queue:
             self._queue.popleft().future.cancel()
+        for conn in self._connections:
+            with contextlib.suppress(RedisError, OSError):
+                await conn.disconnect()
+        self._connections.clear()
+        self._idle.clear()
         try:
             await self._client.aclose()
         except (RedisError, OSError):

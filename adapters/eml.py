@@ -8,12 +8,12 @@ the same messages in the same order, the same parse errors, the same leniency.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import msgspec
 
-from adapters import Rejected, Reply, media_type
+from adapters import Rejected, Reply, Section, media_type
 from adapters.nodejson import NodeJSONError, members, strict_error
 from core.query import Decision, RoutingQuery
 
@@ -25,6 +25,42 @@ PATH = "/call/request"
 
 REQUIRED = ("callID", "rclassification", "callTime")
 FIELDS = ("callID", "rclassification", "customerID", "callTime")
+
+
+class Config(Section, frozen=True, forbid_unknown_fields=True):
+    """``[eml]``."""
+
+    base: str = ""
+    retry_window_s: Annotated[int, msgspec.Meta(ge=0, le=30 * 86400)] = 86400
+
+
+def _base(section: Config) -> str:
+    # "/qm/" means "/qm": the route is {base}/call/request, never "/qm//call/request".
+    return section.base.rstrip("/")
+
+
+def paths(section: Config) -> dict[str, str]:
+    return {"base": _base(section) + PATH}
+
+
+def retry_window_s(section: Config) -> float:
+    return float(section.retry_window_s)
+
+
+def check_config(section: Config, problems: list[str], warnings: list[str]) -> None:
+    if section.base and not section.base.startswith("/"):
+        problems.append(f"{NAME}.base: must be empty or start with /")
+
+
+def owns(path: str, section: Config) -> int | None:
+    """Anything under ``base`` (everything when it is empty) is answered as NestJS answers a route it
+    does not have."""
+    base = _base(section)
+    return len(base) if path.lower().startswith(base.lower()) else None
+
+
+def looks_like(body: Any) -> bool:
+    return isinstance(body, dict) and ("rclassification" in body or "callID" in body)
 
 
 class Found(msgspec.Struct):
@@ -79,7 +115,7 @@ def _reply(status: int, body: msgspec.Struct) -> Reply:
     return Reply(status, _encode(body), CONTENT_TYPE)
 
 
-def error(kind: str, method: str = "POST", target: str = "") -> Reply:
+def error(kind: str, method: str = "POST", target: str = "", section: Any = None) -> Reply:
     """Express answers an unknown route or method alike: ``Cannot GET /call/request``."""
     if kind in ("not_found", "method"):
         return _reply(404, RouteNotFound(f"Cannot {method} {target}"))

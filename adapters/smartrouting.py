@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
-from adapters import Rejected, Reply, media_type
+from adapters import Rejected, Reply, Section, media_type
 from core.numbers import normalise
 from core.query import Decision, RoutingQuery, Scalar
 
@@ -12,6 +14,13 @@ NAME = "smartrouting"
 API_KEY_HEADER = "x-benemen-apikey"
 AUTH_SCHEMES = ("basic",)
 JSON = "application/json"
+
+
+class Config(Section, frozen=True, forbid_unknown_fields=True):
+    """``[smartrouting]``."""
+
+    path: str = "/smartrouting"
+    basic_auth: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class Request(msgspec.Struct):
@@ -71,9 +80,36 @@ def _error(status: int, reason: str) -> Reply:
     return Reply(status, _encode(_Error(reason)), JSON)
 
 
-def error(kind: str, method: str = "", target: str = "") -> Reply:
+def error(kind: str, method: str = "", target: str = "", section: Any = None) -> Reply:
     reply = _error(*_ERRORS[kind])
-    return reply._replace(headers=(("allow", "POST"),)) if kind == "method" else reply
+    if kind == "method":
+        return reply._replace(headers=(("allow", "POST"),))
+    if kind == "unauthorized" and section is not None and section.basic_auth:
+        return reply._replace(headers=(("www-authenticate", f'Basic realm="{NAME}"'),))
+    return reply
+
+
+def paths(section: Config) -> dict[str, str]:
+    return {"path": section.path}
+
+
+def retry_window_s(section: Config) -> float:
+    return 0.0
+
+
+def check_config(section: Config, problems: list[str], warnings: list[str]) -> None:
+    if not section.path.startswith("/"):
+        problems.append(f"{NAME}.path: must start with /")
+    if not section.api_keys and not section.basic_auth:
+        warnings.append(f"{NAME}: no api_keys and no basic_auth; the endpoint is open to anyone")
+
+
+def owns(path: str, section: Config) -> int | None:
+    return None
+
+
+def looks_like(body: Any) -> bool:
+    return isinstance(body, dict) and any(k in body for k in ("anum", "bnum", "targetid"))
 
 
 def check_content_type(value: str | None) -> None:

@@ -13,7 +13,6 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any, NamedTuple
 
 import httpx
@@ -23,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from adapters import Rejected, Reply, eml, smartrouting
+import adapters
+from adapters import Rejected, Reply
 from core.deadline import within
 from core.decide import Context, decide, fallback, utc_now
 from core.errors import StoreError
@@ -46,7 +46,8 @@ _encode = msgspec.json.Encoder().encode
 
 
 class Endpoint(NamedTuple):
-    adapter: ModuleType
+    adapter: adapters.Adapter
+    section: Any
     credentials: Credentials
     networks: tuple
     remember_s: float
@@ -80,29 +81,26 @@ class Runtime:
             before = previous.lookup if previous is not None else None
             self.lookup = CrmLookup(cfg.lookup, store, http, observe, previous=before)
         self.ctx = Context(rules=loaded.rules, store=store, lookup=self.lookup, clock=clock, flights={})
-        sr, em = cfg.smartrouting, cfg.eml
-        self.routes = {
-            _route_key(sr.path): Endpoint(
-                smartrouting,
-                Credentials(
-                    smartrouting.API_KEY_HEADER, smartrouting.AUTH_SCHEMES, sr.api_keys, sr.basic_auth
-                ),
-                networks(sr.allow_networks),
-                0.0,
-            ),
-            _route_key(em.base + eml.PATH): Endpoint(
-                eml,
-                Credentials(eml.API_KEY_HEADER, eml.AUTH_SCHEMES, em.api_keys, {}),
-                networks(em.allow_networks),
-                float(em.retry_window_s),
-            ),
-        }
+        self.routes: dict[str, Endpoint] = {}
         # The paths as configured, so that the usual request needs no normalising to be found.
-        self.exact = {
-            sr.path: self.routes[_route_key(sr.path)],
-            em.base + eml.PATH: self.routes[_route_key(em.base + eml.PATH)],
-        }
-        self.eml_prefix = em.base.lower()
+        self.exact: dict[str, Endpoint] = {}
+        self.endpoints: list[Endpoint] = []
+        for adapter in adapters.registered():
+            table = config_mod.section(cfg, adapter)
+            schemes = adapter.AUTH_SCHEMES
+            ep = Endpoint(
+                adapter,
+                table,
+                Credentials(
+                    adapter.API_KEY_HEADER, schemes, table.api_keys, getattr(table, "basic_auth", {})
+                ),
+                networks(table.allow_networks),
+                adapter.retry_window_s(table),
+            )
+            self.endpoints.append(ep)
+            for path in adapter.paths(table).values():
+                self.routes[_route_key(path)] = ep
+                self.exact[path] = ep
         self.failover = store if isinstance(store, FailoverStore) else None
         self.trusted = networks(cfg.server.trusted_proxies)
         self.ops_networks = networks(cfg.server.ops_allow_networks)
@@ -268,10 +266,7 @@ async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, hea
     if ep.networks and not allowed(_source(scope, rt), ep.networks):
         return a.error("forbidden"), {"outcome": "forbidden"}
     if not ep.credentials.accept_raw(headers):
-        reply = a.error("unauthorized")
-        if ep.credentials.basic:
-            reply = reply._replace(headers=(("www-authenticate", f'Basic realm="{a.NAME}"'),))
-        return reply, {"outcome": "unauthorized"}
+        return a.error("unauthorized", section=ep.section), {"outcome": "unauthorized"}
     try:
         content_type = _text(headers.get(b"content-type"))
         a.check_content_type(content_type)
@@ -418,8 +413,14 @@ def create_app(
 
     async def not_found(rt: Runtime | None, scope: dict, send: Callable) -> None:
         path = scope["path"]
-        if rt is not None and path.lower().startswith(rt.eml_prefix):
-            reply = eml.error("not_found", scope["method"], _target(scope))
+        # A protocol may answer paths near its own in its own way (EML: NestJS's "Cannot POST ...").
+        ep, longest = None, -1
+        for e in rt.endpoints if rt else ():
+            claim = e.adapter.owns(path, e.section)
+            if claim is not None and claim > longest:
+                ep, longest = e, claim
+        if ep is not None:
+            reply = ep.adapter.error("not_found", scope["method"], _target(scope), ep.section)
         else:
             reply = Reply(404, b'{"error":"not found"}', "application/json")
         given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)

@@ -14,7 +14,8 @@ import zoneinfo
 import httpx
 import msgspec
 
-from adapters import PROTOCOLS, Rejected, eml, smartrouting
+import adapters
+from adapters import Rejected
 from core.decide import Context, apply, caller_info, explain, first_match
 from core.errors import ConfigError
 from core.lookup import CrmLookup
@@ -23,8 +24,6 @@ from gateway import config as config_mod
 from gateway.app import CONFIG_ENV, make_store
 from gateway.logs import event
 from gateway.logs import setup as setup_logs
-
-ADAPTERS = {"smartrouting": smartrouting, "eml": eml}
 
 
 def _default_config() -> str:
@@ -91,21 +90,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _guess_protocol(body: bytes) -> str:
+    """The protocol whose requests look like ``body`` (EML: it has callID or rclassification); else
+    the first one served (SmartRouting)."""
     try:
         value = msgspec.json.decode(body)
     except (msgspec.DecodeError, RecursionError):
-        return "smartrouting"
-    return (
-        "eml"
-        if isinstance(value, dict) and ("rclassification" in value or "callID" in value)
-        else "smartrouting"
-    )
+        value = None
+    # The most specific first: a body with only callID is EML's, whatever else it has.
+    for adapter in reversed(adapters.registered()):
+        if adapter.looks_like(value):
+            return adapter.NAME
+    return adapters.names()[0]
 
 
 async def _route(
     loaded: config_mod.Loaded, protocol: str, body: bytes, at: dt.datetime, show_all: bool
 ) -> int:
-    adapter = ADAPTERS[protocol]
+    adapter = adapters.get(protocol)
     try:
         query = adapter.parse(body, "application/json")
     except Rejected as exc:
@@ -168,7 +169,8 @@ async def _route(
         print(reply.body.decode())
     if show_all:
         # The same decision as the other webhooks would render it, for rule bases shared by both.
-        for name, other in ADAPTERS.items():
+        for other in adapters.registered():
+            name = other.NAME
             if other is not adapter:
                 shown = other.render(decision, query)
                 print(f"as {name} would answer the same decision: {shown.status}")
@@ -269,7 +271,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("body", nargs="?", help="the request body as JSON; '-' or nothing reads standard input")
     r.add_argument("--config", default=_default_config(), help=config_help)
     r.add_argument(
-        "--protocol", choices=PROTOCOLS, help="default: eml when the body has callID or rclassification"
+        "--protocol",
+        choices=adapters.names(),
+        help="default: eml when the body has callID or rclassification",
     )
     r.add_argument(
         "--at",

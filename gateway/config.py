@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import msgspec
 import msgspec.inspect as mi
 
-from adapters import PROTOCOLS
+import adapters
 from core.decide import RuleBase
 from core.directory import AttrValue, CallerInfo, from_table, parse_csv
 from core.errors import ConfigError
@@ -61,35 +61,47 @@ class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
 
 
-class SmartRoutingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    path: str = "/smartrouting"
-    api_keys: list[str] = []
-    basic_auth: dict[str, str] = {}
-    allow_networks: Networks = []
-
-
-class EmlConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    base: str = ""
-    api_keys: list[str] = []
-    allow_networks: Networks = []
-    retry_window_s: Annotated[int, msgspec.Meta(ge=0, le=30 * 86400)] = 86400
-
-
 class DirectoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     files: list[str] = []
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The tables every config has; :func:`config_type` adds one per registered protocol."""
+
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
-    smartrouting: SmartRoutingConfig = SmartRoutingConfig()
-    eml: EmlConfig = EmlConfig()
     directory: DirectoryConfig = DirectoryConfig()
     services: dict[str, Service] = {}
     callers: dict[str, dict[str, AttrValue | list[str]]] = {}
     schedules: dict[str, Schedule] = {}
     lookup: LookupConfig | None = None
     rules: list[Rule] = []
+
+
+_types: dict[tuple[str, ...], tuple[type[Config], mi.Type]] = {}
+
+
+def config_type() -> tuple[type[Config], mi.Type]:
+    """The config's type with a table for each registered protocol (``[smartrouting]``, ``[eml]``, ...),
+    and its schema for :func:`gateway.schema.check`."""
+    key = adapters.names()
+    found = _types.get(key)
+    if found is None:
+        t = msgspec.defstruct(
+            "Config",
+            [(a.NAME, a.Config, msgspec.field(default_factory=a.Config)) for a in adapters.registered()],
+            bases=(Config,),
+            frozen=True,
+            forbid_unknown_fields=True,
+            module=__name__,
+        )
+        found = _types[key] = (t, mi.type_info(t))
+    return found
+
+
+def section(cfg: Config, adapter: adapters.Adapter) -> Any:
+    """``cfg``'s table for ``adapter``."""
+    return getattr(cfg, adapter.NAME)
 
 
 class Loaded(msgspec.Struct, frozen=True):
@@ -103,7 +115,6 @@ class Loaded(msgspec.Struct, frozen=True):
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_SCHEMA = mi.type_info(Config)
 
 
 def _substitute(value: Any, path: str, problems: list[str]) -> Any:
@@ -141,6 +152,46 @@ def _networks(items: list[str], path: str, problems: list[str]) -> None:
             problems.append(f"{path}[{i}]: {text!r} is not an address or CIDR network")
 
 
+def _endpoints(cfg: Config, problems: list[str], warnings: list[str]) -> None:
+    """Each protocol's table: its networks, its credentials, its own checks; and paths that neither
+    hide each other nor the operational endpoints (webhook paths match in any letter case and with a
+    trailing slash)."""
+    taken: dict[str, str] = {}
+    for adapter in adapters.registered():
+        name = adapter.NAME
+        table = section(cfg, adapter)
+        _networks(table.allow_networks, f"{name}.allow_networks", problems)
+        for i, key in enumerate(table.api_keys):
+            if not key.strip():
+                problems.append(f"{name}.api_keys[{i}]: empty")
+            elif key != key.strip(" \t"):
+                # Clients' keys are trimmed before they are compared: this one could never match.
+                problems.append(f"{name}.api_keys[{i}]: spaces or tabs around a key are not part of it")
+            elif not _sendable(key):
+                problems.append(
+                    f"{name}.api_keys[{i}]: a control character (a line break?) no client can send"
+                )
+        for user, password in getattr(table, "basic_auth", {}).items():
+            if not password:
+                problems.append(f"{key_path(name + '.basic_auth', user)}: empty password")
+            if not user or ":" in user:
+                problems.append(
+                    f"{key_path(name + '.basic_auth', user)}: a user name is not empty and has no ':'"
+                )
+        before = len(problems)
+        adapter.check_config(table, problems, warnings)
+        if len(problems) > before:
+            continue  # its paths are not checked against the others while they are invalid
+        for setting, path in adapter.paths(table).items():
+            key = path.lower().rstrip("/")
+            where = f"{name}.{setting}"
+            if key in RESERVED:
+                problems.append(f"{where}: {path} is reserved for the gateway itself")
+            elif key in taken:
+                problems.append(f"{where}: the same path as {taken[key]}")
+            taken[key] = f"{name}'s {path}"
+
+
 def _semantics(
     cfg: Config, written: dict[str, set[str]], base: Path, problems: list[str], warnings: list[str]
 ) -> tuple[RuleBase, bytes]:
@@ -149,8 +200,6 @@ def _semantics(
     ``written`` names every service and schedule written, valid or not, so a broken one is reported once
     and not again as missing wherever a rule names it."""
     _networks(cfg.server.trusted_proxies, "server.trusted_proxies", problems)
-    _networks(cfg.smartrouting.allow_networks, "smartrouting.allow_networks", problems)
-    _networks(cfg.eml.allow_networks, "eml.allow_networks", problems)
     _networks(cfg.server.ops_allow_networks, "server.ops_allow_networks", problems)
     if bool(cfg.server.tls_cert) != bool(cfg.server.tls_key):
         problems.append("server: tls_cert and tls_key go together; give both or neither")
@@ -176,38 +225,7 @@ def _semantics(
         problems.append("store: cluster and sentinels exclude each other")
     if (cfg.store.cluster or cfg.store.sentinels) and not cfg.store.redis_url and not cfg.store.sentinels:
         problems.append("store.redis_url: required with cluster = true")
-    for name in ("smartrouting", "eml"):
-        section = getattr(cfg, name)
-        for i, key in enumerate(section.api_keys):
-            if not key.strip():
-                problems.append(f"{name}.api_keys[{i}]: empty")
-            elif key != key.strip(" \t"):
-                # Clients' keys are trimmed before they are compared: this one could never match.
-                problems.append(f"{name}.api_keys[{i}]: spaces or tabs around a key are not part of it")
-            elif not _sendable(key):
-                problems.append(
-                    f"{name}.api_keys[{i}]: a control character (a line break?) no client can send"
-                )
-    for user, password in cfg.smartrouting.basic_auth.items():
-        if not password:
-            problems.append(f"{key_path('smartrouting.basic_auth', user)}: empty password")
-        if not user or ":" in user:
-            problems.append(
-                f"{key_path('smartrouting.basic_auth', user)}: a user name is not empty and has no ':'"
-            )
-    if not cfg.smartrouting.path.startswith("/"):
-        problems.append("smartrouting.path: must start with /")
-    if cfg.eml.base and not cfg.eml.base.startswith("/"):
-        problems.append("eml.base: must be empty or start with /")
-    # Webhook paths match in any letter case and with a trailing slash; they must not hide each other
-    # or the operational endpoints.
-    sr_path = cfg.smartrouting.path.lower().rstrip("/")
-    if sr_path in RESERVED:
-        problems.append(f"smartrouting.path: {cfg.smartrouting.path} is reserved for the gateway itself")
-    if sr_path == (cfg.eml.base + "/call/request").lower().rstrip("/"):
-        problems.append("smartrouting.path: the same path as EML's {base}/call/request")
-    if not cfg.smartrouting.api_keys and not cfg.smartrouting.basic_auth:
-        warnings.append("smartrouting: no api_keys and no basic_auth; the endpoint is open to anyone")
+    _endpoints(cfg, problems, warnings)
 
     if cfg.lookup is not None:
         if not cfg.lookup.url.startswith(("http://", "https://")):
@@ -264,8 +282,8 @@ def _semantics(
                     problems.append(f"{path}.when.{key}: no schedule {n!r} in [schedules]")
         protocols = w.protocol
         for p in [protocols] if isinstance(protocols, str) else protocols or ():
-            if p not in PROTOCOLS:
-                problems.append(f"{path}.when.protocol: {p!r} is not one of {', '.join(PROTOCOLS)}")
+            if p not in adapters.names():
+                problems.append(f"{path}.when.protocol: {p!r} is not one of {', '.join(adapters.names())}")
         if rule.then.service is not None and rule.then.service not in written["services"]:
             problems.append(f"{path}.then.service: no service {rule.then.service!r} in [services]")
         rules.append(compile_rule(rule, path, problems))
@@ -337,15 +355,12 @@ def load(path: str | os.PathLike) -> Loaded:
         raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
     problems: list[str] = []
     raw = _substitute(raw, "", problems)
-    eml = raw.get("eml")
-    if isinstance(eml, dict) and isinstance(eml.get("base"), str):
-        # "/qm/" means "/qm": the route is {base}/call/request, never "/qm//call/request".
-        eml["base"] = eml["base"].rstrip("/")
-    check(raw, _SCHEMA, "", problems)
+    config_cls, schema = config_type()
+    check(raw, schema, "", problems)
     # With problems, the parts that do convert still get the cross-table checks, so that
     # one run lists every problem.
     try:
-        cfg = msgspec.convert(raw if not problems else prune(raw, _SCHEMA), Config)
+        cfg = msgspec.convert(raw if not problems else prune(raw, schema), config_cls)
     except msgspec.ValidationError as exc:
         # The check above reads every constraint from the same schema, so this is only a backstop: a
         # constraint it does not know yet is still a listed problem, never a traceback.

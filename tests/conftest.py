@@ -35,6 +35,7 @@ class Gateway:
         env: dict | None = None,
         scheme: str = "http",
         verify=True,
+        command: list[str] | None = None,
     ) -> None:
         self.config = config
         self.port = free_port()
@@ -43,7 +44,7 @@ class Gateway:
         self._log = open(log, "ab")  # noqa: SIM115 - open for the process's lifetime, closed in stop()
         full_env = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(
-            [str(BIN), "serve", "--config", str(config), "--port", str(self.port), *args],
+            [*(command or [str(BIN)]), "serve", "--config", str(config), "--port", str(self.port), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,

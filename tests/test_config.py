@@ -178,7 +178,7 @@ def test_webhook_paths_cannot_hide_others(tmp_path):
     path.write_text('[smartrouting]\npath = "/qm/call/request"\n[eml]\nbase = "/qm"\n')
     with pytest.raises(ConfigError) as info:
         load(path)
-    assert info.value.problems == ["smartrouting.path: the same path as EML's {base}/call/request"]
+    assert info.value.problems == ["eml.base: the same path as smartrouting's /qm/call/request"]
 
 
 def test_not_toml(tmp_path):
@@ -250,8 +250,8 @@ def test_empty_credentials_are_refused(tmp_path, monkeypatch):
     assert info.value.problems == [
         "smartrouting.api_keys[0]: empty",
         "smartrouting.api_keys[1]: spaces or tabs around a key are not part of it",
-        "eml.api_keys[0]: empty",
         "smartrouting.basic_auth.enreach: empty password",
+        "eml.api_keys[0]: empty",
     ]
 
 
@@ -284,7 +284,9 @@ then = { target = "Q", required_agent = "{caller.agnet}", preferred_agents = ["{
         .replace('[callers."+358 40 765 432O"]\ntags = ["typo"]\n', "")
         .replace("[eml]", "[lookup]\nurl = 'http://crm/{caller}'\nattributes = ['agnet']\n[eml]")
     )
-    assert load(path).config.eml.base == "/qm"
+    from adapters import eml
+
+    assert eml.paths(load(path).config.eml) == {"base": "/qm/call/request"}
 
 
 def test_priority_zero_sets_something(tmp_path):

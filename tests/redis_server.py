@@ -133,8 +133,9 @@ class RedisCluster:
         )
         end = time.monotonic() + 15
         while time.monotonic() < end:
-            info = self.nodes[0].client().execute_command("CLUSTER", "INFO").decode()
-            if "cluster_state:ok" in info:
+            # Every node must see the cluster whole: a client may ask any of them first.
+            infos = [n.client().execute_command("CLUSTER", "INFO").decode() for n in self.nodes]
+            if all("cluster_state:ok" in info for info in infos):
                 return
             time.sleep(0.1)
         raise RuntimeError("cluster did not come up")

@@ -238,7 +238,8 @@ async def test_memory_reclaims_expired_values_that_are_never_read_again():
     # reading them again (the timer sweeps), and no write is needed either.
     s = MemoryStore()
     for i in range(3000):
-        await s.set(f"lu:{i:05d}" + "9" * 30_000, b"v" * 100, 0.2)
+        # Long enough that none expires while the others are still being written, on a busy machine.
+        await s.set(f"lu:{i:05d}" + "9" * 30_000, b"v" * 100, 2.0)
     assert s.size == 3000
     assert await wait_for(lambda: s.size == 0, timeout=10)
     await s.close()

@@ -59,6 +59,20 @@ class Limits(NamedTuple):
     drain_s: float
 
 
+def _declared(data: bytes, cut: int) -> int:
+    """The Content-Length of the head ``data[:cut]`` when it gives exactly one and no Transfer-Encoding;
+    else -1. Only a shortcut: the parser reads the head again and refuses what it refuses."""
+    head = data[:cut].lower()
+    at = head.find(b"\ncontent-length:")
+    if at < 0 or head.find(b"\ncontent-length:", at + 16) >= 0 or b"\ntransfer-encoding:" in head:
+        return -1
+    end = head.find(b"\n", at + 16)
+    try:
+        return int(head[at + 16 : end])
+    except ValueError:
+        return -1
+
+
 class _TooManyHeaders(Exception):
     """Raised inside the parser's header callback, which stops the parser."""
 
@@ -207,6 +221,10 @@ class Connection(HttpToolsProtocol):
             if found >= 0:
                 cut = found + 3
                 self._head_bytes = cut
+                if cut < len(data) and _declared(data, cut) == len(data) - cut:
+                    # Exactly one request with its whole body, as webhooks come: one pass of the parser.
+                    self._feed(data)
+                    return
                 if not self._feed(memoryview(data)[:cut]) or cut == len(data):
                     return
                 if self._state == _BODY and self._left == len(data) - cut and not self.pipeline:

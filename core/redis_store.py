@@ -28,28 +28,55 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
 from core.errors import StoreBusy, StoreError, StoreRefused
-from core.store import PENDING, Allocation
+from core.store import PENDING, Allocation, choose_in_steps
 
-# Store.allocate in one step. KEYS: the call's key, the other keys of its record, then the counter when
-# there is one. ARGV: the TTL in ms, the record's head and tail, and the packed pool (core.store.Pool;
-# empty: no counter). Answers what the call's key holds, or the turn it claimed (0 without a counter).
+# Store.allocate in one step. KEYS: the call's key and the other keys of its record (none when there is
+# no call to claim), the counter when there is one, the sticky entry when there is one. ARGV: the TTL in
+# ms, the record's head and tail, the packed pool (core.store.Pool; empty: no pool), how many record
+# keys, whether there is a counter ('1' or ''), the sticky entry's TTL in ms ('' without), and the index
+# chosen in process for a pool without a counter. Answers what the call's key holds, or the turn it took
+# (0 without a counter), or -1 - the index the sticky entry gave.
 ALLOCATE = b"""
-local held = redis.call('GET', KEYS[1])
-if held then return held end
-local last, turn, record = #KEYS, 0, ARGV[2]
-local pool = ARGV[4]
-if pool ~= '' then
-  turn = redis.call('INCR', KEYS[last])
-  last = last - 1
-  local i = (turn - 1) % struct.unpack('>I4', pool)
-  local from = struct.unpack('>I4', pool, 5 + 4 * i)
-  local to = struct.unpack('>I4', pool, 9 + 4 * i)
-  record = ARGV[2] .. string.sub(pool, from, to - 1) .. ARGV[3]
+local records = tonumber(ARGV[5])
+if records > 0 then
+  local held = redis.call('GET', KEYS[1])
+  if held then return held end
 end
-for k = 1, last do
+local answer, record, pool = 0, ARGV[2], ARGV[4]
+if pool ~= '' then
+  local n = struct.unpack('>I4', pool)
+  local function choice(i)
+    local from = struct.unpack('>I4', pool, 5 + 4 * i)
+    local to = struct.unpack('>I4', pool, 9 + 4 * i)
+    return string.sub(pool, from, to - 1)
+  end
+  local index, sticky = nil, nil
+  if ARGV[7] ~= '' then
+    sticky = KEYS[#KEYS]
+    local had = redis.call('GET', sticky)
+    if had then
+      for i = 0, n - 1 do
+        if choice(i) == had then index = i; answer = -1 - i; break end
+      end
+    end
+  end
+  if index == nil then
+    if ARGV[6] == '1' then
+      answer = redis.call('INCR', KEYS[records + 1])
+      local m = struct.unpack('>I4', pool, 5 + 4 * (n + 1))
+      index = struct.unpack('>I2', pool, 9 + 4 * (n + 1) + 2 * ((answer - 1) % m))
+    else
+      index = tonumber(ARGV[8])
+    end
+  end
+  local chosen = choice(index)
+  record = ARGV[2] .. chosen .. ARGV[3]
+  if sticky then redis.call('SET', sticky, chosen, 'PX', ARGV[7]) end
+end
+for k = 1, records do
   redis.call('SET', KEYS[k], record, 'PX', ARGV[1])
 end
-return turn
+return answer
 """
 ALLOCATE_SHA = hashlib.sha1(ALLOCATE).hexdigest()
 
@@ -348,13 +375,29 @@ class RedisStore:
         if self._cluster:
             return await self._allocate_in_steps(allocation)
         a, prefix = allocation, self._prefix
-        keys = [prefix + a.key]
-        keys += [prefix + k for k in a.also]
-        pool = b""
-        if a.counter is not None and a.pool is not None:
-            keys.append(prefix + a.counter)
+        keys = [prefix + a.key, *[prefix + k for k in a.also]] if a.key else []
+        records = len(keys)
+        pool = counted = sticky_ms = b""
+        if a.pool is not None:
             pool = a.pool.packed
-        args = (len(keys), *keys, max(1, int(a.ttl_s * 1000)), a.head, a.tail, pool)
+            if a.counter is not None:
+                keys.append(prefix + a.counter)
+                counted = b"1"
+            if a.sticky is not None:
+                keys.append(prefix + a.sticky)
+                sticky_ms = max(1, int(a.sticky_s * 1000))
+        args = (
+            len(keys),
+            *keys,
+            max(1, int(a.ttl_s * 1000)),
+            a.head,
+            a.tail,
+            pool,
+            records,
+            counted,
+            sticky_ms,
+            a.pick,
+        )
         try:
             return await self._call("EVALSHA", ALLOCATE_SHA, *args)
         except StoreRefused as exc:
@@ -365,8 +408,12 @@ class RedisStore:
 
     async def _allocate_in_steps(self, a: Allocation) -> int | bytes:
         """Allocate with single-key commands: claim the call's key (a PENDING token, for ``lease_s``),
-        advance the counter, then write the record over the claim. Calls of the same key meanwhile find
-        the claim and wait for the record."""
+        choose the number (read the sticky entry, else advance the counter; then set the sticky entry),
+        then write the record over the claim. Calls of the same key meanwhile find the claim and wait
+        for the record. Two first calls of one sticky caller at once may both take a turn: the later
+        entry wins."""
+        if not a.key:
+            return (await choose_in_steps(self, a))[1]
         token = PENDING + os.urandom(16)
         while True:
             try:
@@ -385,12 +432,12 @@ class RedisStore:
                 return held
             # The claim lapsed or was given up just now: try again at once.
         try:
-            turn = await self.incr(a.counter) if a.counter is not None else 0
+            index, answer = await choose_in_steps(self, a)
         except BaseException:
             # No number, no record: drop the claim so that a retry need not wait for it to lapse.
             await asyncio.shield(self._forget(a.key))
             raise
-        record = a.record(turn)
+        record = a.record(index)
         keys = [a.key, *a.also]
         # The turn is taken: the allocation is made, and a failed write fails nothing else. A SET again
         # is harmless, so each is tried twice; a claim never overwritten lapses with its lease.
@@ -404,7 +451,7 @@ class RedisStore:
             keys = [k for k, result in zip(keys, results, strict=True) if result is not None]
             if not keys:
                 break
-        return turn
+        return answer
 
     async def _forget(self, key: str) -> None:
         with contextlib.suppress(StoreError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, NamedTuple
@@ -33,6 +34,7 @@ class When(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     attributes: dict[str, Scalar | list[Scalar]] | None = None
     min_call_time_s: Annotated[int, msgspec.Meta(ge=0)] | None = None
     max_call_time_s: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    percent: Annotated[int, msgspec.Meta(ge=1, le=99)] | None = None
 
 
 class Then(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -129,19 +131,20 @@ class Matcher(msgspec.Struct, frozen=True):
 
 
 class Action(msgspec.Struct, frozen=True):
-    """A rule's ``then`` with its strings compiled to templates."""
+    """A rule's ``then``, compiled once at load: the keys it gives, in the order of :data:`ACTIONS`, each
+    as (key, compiled value, its ``apply``)."""
 
-    target: Template | None
-    service: str | None
-    disconnect: bool
-    fail_target: Template | None
-    required_agent: Template | None
-    preferred_agents: tuple[Template, ...]
-    priority: int | None
-    extra_priority: int | None
-    tts: Template | None
-    msi: Template | None
-    default: bool
+    steps: tuple[tuple[str, Any, Any], ...] = ()
+
+    def get(self, key: str) -> Any:
+        """The compiled value of ``then`` key ``key``, or None when the rule does not give it."""
+        return next((v for k, v, _ in self.steps if k == key), None)
+
+    def __getattr__(self, key: str) -> Any:
+        # ``rule.then.priority`` reads as ``rule.then.get("priority")`` for every key of the table.
+        if key in ACTIONS:
+            return self.get(key)
+        raise AttributeError(key)
 
 
 class CompiledRule(msgspec.Struct, frozen=True):
@@ -167,43 +170,91 @@ def compile_rule(rule: Rule, path: str, problems: list[str]) -> CompiledRule:
         )
     )
     tp = f"{path}.then"
-    destinations = [k for k in ("target", "service") if getattr(t, k) is not None] + (
-        ["disconnect"] if t.disconnect else []
-    )
+    # Identity, not equality: 0 is a priority that sets something, and 0 == False.
+    given = [k for k in ACTIONS if getattr(t, k) is not None and getattr(t, k) is not False]
+    destinations = [k for k in given if k in ("target", "service", "disconnect")]
     if len(destinations) > 1:
         problems.append(f"{tp}: {' and '.join(destinations)} exclude each other; give one")
-    # Identity, not equality: 0 is a priority that sets something, and 0 == False.
-    sets = {
-        f
-        for f in t.__struct_fields__
-        if f != "default" and getattr(t, f) is not None and getattr(t, f) is not False
-    }
+    sets = sorted(k for k in given if k != "default")
     if t.default and sets:
-        problems.append(f"{tp}: default = true means no opinion; it cannot go with {', '.join(sorted(sets))}")
+        problems.append(f"{tp}: default = true means no opinion; it cannot go with {', '.join(sets)}")
     if not t.default and not sets:
         problems.append(f"{tp}: sets nothing (write default = true for an explicit no opinion)")
-
-    def tpl(key: str) -> Template | None:
-        value = getattr(t, key)
-        return None if value is None else template(value, f"{tp}.{key}", problems)
-
     action = Action(
-        target=tpl("target"),
-        service=t.service,
-        disconnect=t.disconnect,
-        fail_target=tpl("fail_target"),
-        required_agent=tpl("required_agent"),
-        preferred_agents=tuple(
-            template(a, f"{tp}.preferred_agents[{i}]", problems)
-            for i, a in enumerate(t.preferred_agents or ())
-        ),
-        priority=t.priority,
-        extra_priority=t.extra_priority,
-        tts=tpl("tts"),
-        msi=tpl("msi"),
-        default=t.default,
+        tuple(
+            (key, ACTIONS[key].compile(getattr(t, key), f"{tp}.{key}", problems), ACTIONS[key].apply)
+            for key in given
+        )
     )
     return CompiledRule(name=rule.name, when=matcher, then=action)
+
+
+# --- actions ----------------------------------------------------------------------------------
+
+
+class Step(NamedTuple):
+    """One ``then`` key: ``compile`` turns its config value (and its key path, for problems) into what
+    ``apply`` reads; ``apply`` writes the decision's fields for this caller.
+
+    A field left None, False, empty or () is dropped from the decision. ``service`` names the pool the
+    decision takes its ``target`` from, unless a ``target`` is set (``core.decide`` takes the number).
+    """
+
+    compile: Callable[[Any, str, list[str]], Any]
+    apply: Callable[[Any, dict[str, Any], CallerInfo], None]
+
+
+def _keep(value: Any, path: str, problems: list[str]) -> Any:
+    return value
+
+
+def _text(key: str) -> Step:
+    """A string key whose text may name caller attributes."""
+
+    def apply(tpl: Template, fields: dict[str, Any], caller: CallerInfo) -> None:
+        fields[key] = tpl.render(caller)
+
+    return Step(template, apply)
+
+
+def _value(key: str) -> Step:
+    """A key whose value is set as it is."""
+
+    def apply(value: Any, fields: dict[str, Any], caller: CallerInfo) -> None:
+        fields[key] = value
+
+    return Step(_keep, apply)
+
+
+def _agents(value: list[str], path: str, problems: list[str]) -> tuple[Template, ...]:
+    return tuple(template(a, f"{path}[{i}]", problems) for i, a in enumerate(value))
+
+
+def _render_agents(value: tuple[Template, ...], fields: dict[str, Any], caller: CallerInfo) -> None:
+    agents = (t.render(caller) for t in value)
+    fields["preferred_agents"] = tuple(x for x in agents if x)
+
+
+def _nothing(value: Any, fields: dict[str, Any], caller: CallerInfo) -> None:
+    return None
+
+
+# Every ``then`` key, in the order a rule's steps are applied. A new key is one entry here, a field of
+# :class:`Then`, its rendering in the adapters that show it, and its docs. ``target``, ``service`` and
+# ``disconnect`` exclude each other; ``default`` goes with none (checked in :func:`compile_rule`).
+ACTIONS: dict[str, Step] = {
+    "target": _text("target"),
+    "service": _value("service"),
+    "disconnect": _value("disconnect"),
+    "fail_target": _text("fail_target"),
+    "required_agent": _text("required_agent"),
+    "preferred_agents": Step(_agents, _render_agents),
+    "priority": _value("priority"),
+    "extra_priority": _value("extra_priority"),
+    "tts": _text("tts"),
+    "msi": _text("msi"),
+    "default": Step(_keep, _nothing),  # no opinion: sets nothing
+}
 
 
 # --- matching ---------------------------------------------------------------------------------
@@ -218,10 +269,12 @@ class Facts(NamedTuple):
 
 
 class Condition(NamedTuple):
-    """One ``when`` key: ``compile`` turns its config value into what ``holds`` reads at each call."""
+    """One ``when`` key: ``compile`` turns its config value into what ``holds`` reads at each call.
+    ``describe``, when given, says what the condition saw of this call, for an explanation."""
 
     compile: Callable[[Any], Any]
     holds: Callable[[Any, RoutingQuery, Facts], bool]
+    describe: Callable[[Any, RoutingQuery, Facts], str] | None = None
 
 
 def _attrs(value: dict[str, Scalar | list[Scalar]]) -> tuple[tuple[str, tuple[Scalar, ...]], ...]:
@@ -230,6 +283,33 @@ def _attrs(value: dict[str, Scalar | list[Scalar]]) -> tuple[tuple[str, tuple[Sc
 
 def _attributes_hold(want: tuple[tuple[str, tuple[Scalar, ...]], ...], q: RoutingQuery, f: Facts) -> bool:
     return all(key in q.attributes and _same_scalar(q.attributes[key], allowed) for key, allowed in want)
+
+
+def bucket(q: RoutingQuery) -> int | None:
+    """Where ``when.percent`` places this call, 0 to 99: a hash of the caller number, or of the call id
+    when there is no caller; None when there is neither (no percent condition holds for such a call).
+
+    The same on every replica, in every process and across reloads (SHA-256, not Python's salted
+    ``hash``), and nested: a caller inside ``percent = 10`` is inside ``percent = 20`` too, so a slice
+    that grows keeps the callers it had."""
+    key = q.caller or q.call_id
+    if not key:
+        return None
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") % 100
+
+
+def _percent_holds(percent: int, q: RoutingQuery, f: Facts) -> bool:
+    b = bucket(q)
+    return b is not None and b < percent
+
+
+def _percent_describe(percent: int, q: RoutingQuery, f: Facts) -> str:
+    b = bucket(q)
+    if b is None:
+        return f"percent {percent}: no caller number and no call id to place the call by, not in it"
+    whose = "this caller's" if q.caller else "this call's (by its call id)"
+    return f"percent {percent} (buckets 0-{percent - 1}): {whose} bucket {b}, {'in it' if b < percent else 'not in it'}"
 
 
 # Every ``when`` key, in the order a rule's conditions are checked (and an explanation names the first
@@ -256,6 +336,7 @@ CONDITIONS: dict[str, Condition] = {
     "max_call_time_s": Condition(
         lambda v: v, lambda v, q, f: q.call_time_s is not None and q.call_time_s <= v
     ),
+    "percent": Condition(lambda v: v, _percent_holds, _percent_describe),
 }
 
 
@@ -275,6 +356,23 @@ def mismatch(
                         return f"attributes.{name}"
             return key
     return None
+
+
+def verdict(
+    m: Matcher, q: RoutingQuery, caller: CallerInfo, hours: dict[str, Hours], now: dt.datetime
+) -> tuple[str | None, tuple[str, ...]]:
+    """As :func:`mismatch`, with what each condition checked up to that one saw (those that describe
+    it, e.g. ``percent``), for an explanation."""
+    failed = mismatch(m, q, caller, hours, now)
+    facts = Facts(caller, hours, now)
+    notes = []
+    for key, value in m.conditions:
+        describe = CONDITIONS[key].describe
+        if describe is not None:
+            notes.append(describe(value, q, facts))
+        if failed is not None and (key == failed or failed.startswith(key + ".")):
+            break
+    return failed, tuple(notes)
 
 
 def _same_scalar(value: Scalar, allowed: tuple[Scalar, ...]) -> bool:

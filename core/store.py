@@ -22,51 +22,97 @@ the rest is the claimant's own token, so that it knows its claim again."""
 
 
 class Pool:
-    """The numbers a round-robin counter chooses among, each with the bytes it takes in a record.
+    """The numbers an allocation chooses among, each with the bytes it takes in a record, and the
+    ``order`` (indexes into ``numbers``) a shared counter walks: turn ``t`` (the counter's value after it
+    advanced) chooses number ``order[(t - 1) % len(order)]``, wherever the choice is made. Without an
+    order, the numbers in turn.
 
-    Turn ``t`` (the counter's value after it advanced) chooses number ``(t - 1) % len``, wherever the
-    choice is made. ``packed`` holds the lot in one string, for a store that chooses on its own server:
-    the count and ``len + 1`` offsets (1-based, 4 bytes big-endian each), then the bytes of every choice.
-    Made once per pool and kept: an allocation only refers to it.
+    ``packed`` holds the lot in one string, for a store that chooses on its own server, every integer
+    big-endian: the count ``n`` (4 bytes), ``n + 1`` offsets of the choices' bytes (1-based, 4 bytes
+    each), the order's length ``m`` (4 bytes), ``m`` indexes (0-based, 2 bytes each), then the bytes of
+    every choice. Made once per pool and kept: an allocation only refers to it.
     """
 
-    __slots__ = ("choices", "numbers", "packed")
+    __slots__ = ("_where", "choices", "numbers", "order", "packed")
 
-    def __init__(self, numbers: Sequence[str], choices: Sequence[bytes]) -> None:
+    def __init__(self, numbers: Sequence[str], choices: Sequence[bytes], order: Sequence[int] = ()) -> None:
         self.numbers = tuple(numbers)
         self.choices = tuple(choices)
-        start = 4 * (len(self.choices) + 2) + 1
+        self.order = tuple(order) or tuple(range(len(self.numbers)))
+        self._where = {c: i for i, c in reversed(list(enumerate(self.choices)))}
+        n, m = len(self.choices), len(self.order)
+        start = 4 * (n + 2) + 4 + 2 * m + 1
         offsets = [start]
         for choice in self.choices:
             offsets.append(offsets[-1] + len(choice))
-        header = struct.pack(f">{len(offsets) + 1}I", len(self.choices), *offsets)
+        header = struct.pack(f">{n + 3}I{m}H", n, *offsets, m, *self.order)
         self.packed = header + b"".join(self.choices)
 
     def index(self, turn: int) -> int:
-        return (turn - 1) % len(self.numbers)
+        """The index into ``numbers`` that turn ``turn`` of the counter chooses."""
+        return self.order[(turn - 1) % len(self.order)]
+
+    def find(self, choice: bytes) -> int | None:
+        """The index of the number whose bytes are ``choice`` (what a sticky entry holds); None when the
+        pool no longer has it."""
+        return self._where.get(choice)
 
 
 class Allocation(msgspec.Struct, frozen=True, kw_only=True):
-    """One call's allocation, for :meth:`Store.allocate`: the record to keep under ``key`` (and the keys
-    in ``also``) for ``ttl_s``. With a ``counter`` (and its ``pool``), the record is ``head``, the bytes of
-    the number the counter's turn chooses, then ``tail``; without, it is ``head`` alone."""
+    """One allocation, for :meth:`Store.allocate`: the record to keep under ``key`` (and the keys in
+    ``also``) for ``ttl_s``. With a ``pool``, the record is ``head``, the bytes of the number chosen,
+    then ``tail``; without, it is ``head`` alone.
+
+    The number: what the ``sticky`` entry holds, when it holds one of the pool's numbers still (the
+    entry then lives ``sticky_s`` again); else the turn the ``counter`` takes, or without a counter
+    ``pick`` (an index chosen in process). A sticky entry is then set to the number for ``sticky_s``.
+    An empty ``key`` claims nothing and keeps no record: only the number is chosen."""
 
     key: str
-    head: bytes
-    ttl_s: float
+    head: bytes = b""
+    ttl_s: float = 0
     tail: bytes = b""
     counter: str | None = None
     pool: Pool | None = None
+    pick: int = 0
+    sticky: str | None = None
+    sticky_s: float = 0
     also: tuple[str, ...] = ()
     lease_s: float = 5.0
     """How long a claim made in steps holds before its record is written (see ``PENDING``); it lapses
     after that if the claimant died meanwhile. A store that allocates in one step ignores it."""
 
-    def record(self, turn: int) -> bytes:
-        """The record for the counter's ``turn`` (any turn when there is no counter)."""
+    def record(self, index: int) -> bytes:
+        """The record for the pool's number ``index`` (any index when there is no pool)."""
         if self.pool is None:
             return self.head
-        return self.head + self.pool.choices[self.pool.index(turn)] + self.tail
+        return self.head + self.pool.choices[index] + self.tail
+
+    def index(self, answer: int) -> int:
+        """The index of the number an allocation that answered ``answer`` chose."""
+        if answer < 0:
+            return -1 - answer
+        if self.counter is not None and self.pool is not None:
+            return self.pool.index(answer)
+        return self.pick
+
+
+async def choose_in_steps(store: Store, a: Allocation) -> tuple[int, int]:
+    """The number of ``a`` (its index) and the answer for it, with single-key calls: the sticky entry
+    read, else the counter advanced; then the sticky entry set. For a store that cannot do it at once."""
+    if a.pool is None:
+        return 0, 0
+    if a.sticky is not None:
+        held = await store.get(a.sticky)
+        index = None if held is None else a.pool.find(held)
+        if index is not None:
+            await store.set(a.sticky, a.pool.choices[index], a.sticky_s)
+            return index, -1 - index
+    answer = await store.incr(a.counter) if a.counter is not None else 0
+    index = a.index(answer)
+    if a.sticky is not None:
+        await store.set(a.sticky, a.pool.choices[index], a.sticky_s)
+    return index, answer
 
 
 class Store(Protocol):
@@ -93,10 +139,12 @@ class Store(Protocol):
         ``get`` of a counter key gives its value as ASCII digits."""
 
     async def allocate(self, allocation: Allocation) -> int | bytes:
-        """Claim ``allocation.key`` when it holds nothing: advance the counter (when there is one) and
-        keep the record of that turn under the key and every key in ``also``; answer the turn (0 without
-        a counter). When the key holds something, change nothing and answer what it holds: another
-        call's record, or a claim under way (it starts with ``PENDING``) to wait on.
+        """Claim ``allocation.key`` when it holds nothing: choose the number (the sticky entry's, else the
+        counter's turn, else ``pick``), keep the record of it under the key and every key in ``also``, and
+        the sticky entry; answer the turn (0 without a counter), or ``-1 - index`` when the sticky entry
+        gave number ``index``. When the key holds something, change nothing and answer what it holds:
+        another call's record, or a claim under way (it starts with ``PENDING``) to wait on. An empty key
+        claims nothing: the number is chosen and answered alike.
 
         Atomic (of concurrent allocations of one key, one claims, and only it advances the counter), and
         one round trip wherever the store allows. A :class:`core.errors.StoreError` that is not
@@ -226,19 +274,27 @@ class MemoryStore:
         return n
 
     async def allocate(self, allocation: Allocation) -> int | bytes:
-        # Nothing here lets another task in between the check and the writes: atomic as it stands.
-        held = self._live(allocation.key)
-        if held is not None:
-            return held
-        turn = 0
-        if allocation.counter is not None:
-            turn = self._counters.get(allocation.counter, 0) + 1
-            self._counters[allocation.counter] = turn
-        record = allocation.record(turn)
-        await self.set(allocation.key, record, allocation.ttl_s)
-        for key in allocation.also:
-            await self.set(key, record, allocation.ttl_s)
-        return turn
+        # Nothing here lets another task in between the check and the writes (every call it makes
+        # returns without waiting): atomic as it stands.
+        a = allocation
+        if a.key:
+            held = self._live(a.key)
+            if held is not None:
+                return held
+        if a.sticky is None:
+            answer, index = 0, a.pick
+            if a.counter is not None:
+                answer = self._counters.get(a.counter, 0) + 1
+                self._counters[a.counter] = answer
+                index = a.pool.index(answer)
+        else:
+            index, answer = await choose_in_steps(self, a)
+        if a.key:
+            record = a.record(index)
+            await self.set(a.key, record, a.ttl_s)
+            for key in a.also:
+                await self.set(key, record, a.ttl_s)
+        return answer
 
     async def ping(self) -> None:
         return None
@@ -280,14 +336,18 @@ class DryRunStore:
         return (int(raw) if raw else 0) + 1
 
     async def allocate(self, allocation: Allocation) -> int | bytes:
-        held = await self.get(allocation.key)
-        if held is not None:
-            return held
-        turn = await self.incr(allocation.counter) if allocation.counter is not None else 0
-        record = allocation.record(turn)
-        for key in (allocation.key, *allocation.also):
-            await self._values.set(key, record, allocation.ttl_s)
-        return turn
+        a = allocation
+        if a.key:
+            held = await self.get(a.key)
+            if held is not None:
+                return held
+        # The sticky entry read through, the counter's next turn without taking it; written here only.
+        index, answer = await choose_in_steps(self, a)
+        if a.key:
+            record = a.record(index)
+            for key in (a.key, *a.also):
+                await self._values.set(key, record, a.ttl_s)
+        return answer
 
     async def ping(self) -> None:
         await self._inner.ping()

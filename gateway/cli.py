@@ -16,7 +16,7 @@ import msgspec
 
 import adapters
 from adapters import Rejected
-from core.decide import Context, apply, caller_info, explain, first_match
+from core.decide import Context, Trace, decide
 from core.errors import ConfigError
 from core.lookup import CrmLookup
 from core.store import DryRunStore
@@ -112,58 +112,79 @@ async def _route(
     except Rejected as exc:
         print(f"protocol: {protocol}\nrequest refused\nreply: {exc.reply.status}\n{exc.reply.body.decode()}")
         return 2
-    # Reads shared state (round-robin positions, cached lookups) but writes nothing: a dry run
-    # changes no state. It may ask the CRM, which only reads.
+    # The real pipeline on a store that reads shared state (round-robin positions, sticky entries, call
+    # records, cached lookups) but writes nothing: a dry run changes no state. It may ask the CRM, which
+    # only reads.
     real = make_store(loaded.config.store)
     store = DryRunStore(real)
-    lookup_result = None
+    trace = Trace()
+    cfg = loaded.config
     async with httpx.AsyncClient() as http:
-        lookup = CrmLookup(loaded.config.lookup, store, http) if loaded.config.lookup else None
-        ctx = Context(rules=loaded.rules, store=store, clock=lambda: at)
-        caller = await caller_info(query, ctx, None)
-        if lookup is not None and query.caller:
-            found, lookup_result = await lookup.lookup(query.caller, loaded.config.server.deadline_ms / 1000)
-            if found is not None:
-                caller = caller.merged(found)
-    await real.close()
-    rule = first_match(query, caller, loaded.rules, at)
-    decision = await apply(rule, query, caller, loaded.rules, store)
+        lookup = CrmLookup(cfg.lookup, store, http) if cfg.lookup else None
+        ctx = Context(rules=loaded.rules, store=store, lookup=lookup, clock=lambda: at, flights={})
+        deadline = asyncio.get_running_loop().time() + cfg.server.deadline_ms / 1000
+        remember_s = adapter.retry_window_s(config_mod.section(cfg, adapter))
+        try:
+            decision = await decide(query, ctx, remember_s=remember_s, deadline=deadline, trace=trace)
+        finally:
+            await real.close()
     reply = adapter.render(decision, query)
     print(f"protocol: {protocol}")
     print(f"time: {at.isoformat(timespec='seconds')}")
     if query.caller:
-        known = "known" if query.caller in loaded.rules.callers else "not in the directory"
-        tags = ", ".join(sorted(caller.tags)) or "none"
-        attrs = ", ".join(sorted(caller.attributes)) or "none"
+        known = "known" if trace.known else "not in the directory"
+        tags = ", ".join(sorted(trace.caller.tags)) or "none"
+        attrs = ", ".join(sorted(trace.caller.attributes)) or "none"
         print(f"caller: {known}; tags: {tags}; attributes: {attrs}")
-    if lookup_result is not None:
+    if trace.lookup is not None:
         how = {
             "hit": "cached answer",
             "stale": "cached answer past its TTL",
             "miss": "asked the CRM: found",
             "not_found": "asked the CRM: not found",
+            "rejected": "the CRM refused the question",
             "failed": "the CRM failed",
             "timeout": "the CRM timed out",
             "open": "not asked: the CRM keeps failing",
-        }[lookup_result]
-        print(f"lookup: {lookup_result} ({how})")
+            "skipped": "not asked: not a phone number",
+        }.get(trace.lookup, trace.lookup)
+        print(f"lookup: {trace.lookup} ({how})")
     if show_all:
         print("rules:")
-        reached = True
-        for name, failed in explain(query, caller, loaded.rules, at):
-            # The first rule that holds decides; the ones after it are never looked at.
-            if not reached:
-                verdict = "not reached (an earlier rule decided)"
-            elif failed is None:
-                verdict = "matches: decides"
-                reached = False
+        for v in trace.rules:
+            if v.verdict == "not reached":
+                text = "not reached (an earlier rule decided)"
+            elif v.verdict == "matches":
+                text = "matches: decides"
             else:
-                verdict = f"no: when.{failed} does not hold"
-            print(f"  {'*' if rule is not None and name == rule.name else '-'} {name}: {verdict}")
-    print(f"rule: {rule.name if rule else '(none matched)'}")
-    if decision.service:
-        rr = loaded.rules.services[decision.service].strategy == "round_robin"
-        print(f"service: {decision.service}" + (" (round-robin position not advanced)" if rr else ""))
+                text = f"no: when.{v.failed} does not hold"
+            print(f"  {'*' if v.verdict == 'matches' else '-'} {v.name}: {text}")
+            for note in v.notes:
+                print(f"      {note}")
+    print(f"rule: {decision.rule or '(none matched)'}")
+    if trace.replayed:
+        print("replayed: this call was answered before; its first answer is given again")
+    if trace.fallback:
+        print(f"fallback: {trace.fallback} (the decision could not be made; answered without it)")
+    if trace.service is not None:
+        svc = loaded.rules.services[trace.service]
+        about = [f"strategy {svc.strategy}"]
+        if svc.weights:
+            about.append(f"weights {', '.join(map(str, svc.weights))}")
+        if svc.sticky:
+            about.append(f"sticky by {svc.sticky} for {svc.sticky_s} s")
+        print(f"service: {trace.service} ({'; '.join(about)})")
+        dry = " (a dry run: the counter is not advanced)" if trace.turn is not None else ""
+        print(f"pick: {trace.pick}{dry}")
+        whose = "caller number" if svc.sticky == "caller" else "customerID"
+        sticky = {
+            "hit": f"this {svc.sticky} got this number from the pool last time, and still does",
+            "new": f"nothing kept for this {svc.sticky} yet: the strategy chose; a real call keeps it "
+            f"{svc.sticky_s} s (a dry run keeps nothing)",
+            "none": f"the request has no {whose}: not sticky",
+        }.get(trace.sticky or "")
+        if sticky:
+            print(f"sticky: {sticky}")
     print(f"reply: {reply.status}")
     if reply.body:
         print(reply.body.decode())

@@ -20,7 +20,7 @@ from core.errors import ConfigError
 from core.lookup import LookupConfig
 from core.rules import Rule, compile_rule, template_names
 from core.schedules import Schedule, compile_schedule
-from core.services import Service
+from core.services import Service, check_service
 from gateway.schema import check, key_path, prune
 
 Networks = list[str]
@@ -248,9 +248,7 @@ def _semantics(
         if compiled is not None:
             hours[name] = compiled
     for name, svc in cfg.services.items():
-        for i, number in enumerate(svc.numbers):
-            if not number.strip():
-                problems.append(f"{key_path('services', name)}.numbers[{i}]: empty")
+        check_service(key_path("services", name), svc, problems)
 
     directory: dict[str, CallerInfo] = {}
     files_digest = hashlib.sha256()

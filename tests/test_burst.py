@@ -16,8 +16,9 @@ pytestmark = pytest.mark.e2e
 POOL = ["100", "101", "102", "103", "104"]
 
 
-def config(redis_url: str) -> str:
+def config(redis_url: str, weights: list[int] | None = None) -> str:
     # The shipped defaults of [store] and [server], but for the key prefix.
+    strategy = f'"weighted"\nweights = {weights!r}' if weights else '"round_robin"'
     return f"""
 [store]
 redis_url = "{redis_url}"
@@ -28,7 +29,7 @@ retry_window_s = 600
 
 [services.Sales]
 numbers = {POOL!r}
-strategy = "round_robin"
+strategy = {strategy}
 """
 
 
@@ -69,8 +70,9 @@ async def _post_all(calls: list[tuple[str, str]]) -> list[tuple[int, dict]]:
     return await asyncio.wait_for(run(), 60)
 
 
-def burst(gateways, per_gateway: int) -> None:
-    """``per_gateway`` distinct new calls on each gateway at once; then each retried on another one."""
+def burst(gateways, per_gateway: int, weights: list[int] | None = None) -> None:
+    """``per_gateway`` distinct new calls on each gateway at once; then each retried on another one.
+    The pool's split must be exact: equal, or as ``weights`` (the calls make whole cycles)."""
     tag = uuid.uuid4().hex[:8]
     calls = [(gw.url, f"{tag}-{i}-{n}") for n in range(per_gateway) for i, gw in enumerate(gateways)]
     first = asyncio.run(_post_all(calls))
@@ -84,9 +86,10 @@ def burst(gateways, per_gateway: int) -> None:
     assert [status for status, _ in first + again] == [201] * (2 * len(calls))
     answers = [body for _, body in first]
     assert all(a["success"] for a in answers)
-    # Strict round-robin: each number of the pool got its equal share.
+    # Strict round-robin: each number of the pool got its equal share (its weight's share).
     split = collections.Counter(a["number"] for a in answers)
-    assert split == {n: len(calls) // len(POOL) for n in POOL}, split
+    weights = weights or [1] * len(POOL)
+    assert split == {n: len(calls) * w // sum(weights) for n, w in zip(POOL, weights, strict=True)}, split
     assert len({a["mqID"] for a in answers}) == len(calls)
     # A retry, on another replica where there are two, gets the first answer: same number, same mqID.
     for (_, call_id), a, (_, b) in zip(calls, answers, again, strict=True):
@@ -103,3 +106,11 @@ def test_burst_of_new_calls_on_one_replica(start_gateway, redis_server):
 def test_burst_of_new_calls_on_two_replicas(start_gateway, redis_server):
     text = config(redis_server.url)
     burst([start_gateway(text), start_gateway(text)], 250)
+
+
+@pytest.mark.timeout(120)
+def test_burst_of_new_calls_on_a_weighted_pool_on_two_replicas(start_gateway, redis_server):
+    # 500 calls at once, 50 whole cycles of weights 4, 3, 1, 1, 1: the split is exact.
+    weights = [4, 3, 1, 1, 1]
+    text = config(redis_server.url, weights)
+    burst([start_gateway(text), start_gateway(text)], 250, weights)

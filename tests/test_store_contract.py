@@ -161,6 +161,87 @@ async def test_allocate_answers_a_claim_under_way(store):
     assert await store.get("rr:abc") is None
 
 
+# --- allocate: weighted cycles, sticky entries, and choosing without a call to claim -----------------
+
+WEIGHTED = Pool(["a", "b", "c"], [b"A", b"B", b"C"], (0, 1, 0, 2, 0))  # weights 3, 1, 1
+
+
+async def test_allocate_walks_the_pools_order(store):
+    # A weighted pool's counter walks its smooth cycle: a b a c a, then again.
+    got = [await store.allocate(allocation(f"call:{i}", pool=WEIGHTED, counter="rr:w")) for i in range(10)]
+    assert got == list(range(1, 11))
+    records = [await store.get(f"call:{i}") for i in range(10)]
+    assert records == [b"<" + bytes([c]) + b">" for c in b"ABACAABACA"]
+
+
+def sticky(key: str, who: str = "st:who", sticky_s: float = 10, **kw) -> Allocation:
+    """An allocation of ``key`` whose number sticks to ``who``."""
+    return allocation(key, sticky=who, sticky_s=sticky_s, **kw)
+
+
+async def test_a_sticky_entry_gives_its_number_again_without_a_turn(store):
+    assert await store.allocate(sticky("call:1")) == 1  # nothing kept yet: a turn, then the entry
+    assert await store.get("st:who") == b"A"
+    assert await store.allocate(allocation("call:2")) == 2  # another caller: the rotation goes on
+    hit = await store.allocate(sticky("call:3"))
+    assert hit == -1  # -1 - index 0: the entry's number, no turn taken
+    assert await store.get("call:3") == b"<A>" and await store.get("mq:call:3") == b"<A>"
+    assert await store.get("rr:abc") == b"2"
+    # A retry of a call answered from the entry is that call's record, like any other.
+    assert await store.allocate(sticky("call:3", head=b"[")) == b"<A>"
+
+
+async def test_a_sticky_entry_whose_number_left_the_pool_is_replaced(store):
+    await store.set("st:who", b"Z", 10)  # a number the pool no longer has
+    assert await store.allocate(sticky("call:1")) == 1
+    assert await store.get("st:who") == b"A" and await store.get("call:1") == b"<A>"
+
+
+async def test_a_sticky_entry_lasts_its_sticky_s_from_the_last_number_it_gave(store):
+    assert await store.allocate(sticky("call:1", sticky_s=0.05)) == 1
+    await asyncio.sleep(0.15)
+    assert await store.get("st:who") is None
+    assert await store.allocate(sticky("call:2", sticky_s=10)) == 2  # expired: a new turn
+    assert await store.allocate(sticky("call:3", sticky_s=10)) == -2  # b, index 1
+
+
+async def test_sticky_without_a_counter_keeps_the_number_chosen_in_process(store):
+    # A pool chosen in process (random): the first number is the one picked, and sticks.
+    assert await store.allocate(sticky("call:1", counter=None, pick=2)) == 0
+    assert await store.get("call:1") == b"<C>"
+    assert await store.allocate(sticky("call:2", counter=None, pick=0)) == -3
+    assert await store.get("call:2") == b"<C>" and await store.get("rr:abc") is None
+
+
+async def test_allocate_without_a_call_chooses_and_keeps_no_record(store):
+    # SmartRouting keeps no call record: an allocation with no key only chooses (sticky first).
+    assert (
+        await store.allocate(Allocation(key="", counter="rr:abc", pool=ABC, sticky="st:x", sticky_s=10)) == 1
+    )
+    assert (
+        await store.allocate(Allocation(key="", counter="rr:abc", pool=ABC, sticky="st:x", sticky_s=10)) == -1
+    )
+    assert await store.allocate(Allocation(key="", counter="rr:abc", pool=ABC)) == 2
+    assert await store.get("") is None and await store.get("rr:abc") == b"2"
+
+
+async def test_concurrent_sticky_allocations_of_one_caller_on_one_store_agree(store):
+    # Once an entry is kept, every call of its caller gets that number, however many come at once.
+    await store.allocate(sticky("call:first"))
+    got = await asyncio.gather(*(store.allocate(sticky(f"call:{i}")) for i in range(50)))
+    assert set(got) == {-1} and await store.get("rr:abc") == b"1"
+
+
+async def test_dry_run_reads_sticky_entries_and_keeps_none():
+    inner = MemoryStore()
+    await inner.allocate(sticky("call:0"))
+    await inner.incr("rr:abc")
+    dry = DryRunStore(inner)
+    assert await dry.allocate(sticky("call:1")) == -1  # the inner entry, read through
+    assert await dry.allocate(sticky("call:2", who="st:new")) == 3  # the inner counter's next turn
+    assert await inner.get("st:new") is None and await inner.get("rr:abc") == b"2"
+
+
 async def test_redis_allocation_keeps_the_prefix(redis_server):
     s = RedisStore.connect(redis_server.url, "pa:", 1.0)
     assert await s.allocate(allocation("call:k")) >= 1
@@ -218,6 +299,24 @@ async def test_a_new_call_on_redis_is_one_round_trip(own_redis):
     assert watch.stop() == ["EVALSHA", "EVALSHA"]
     assert first.target == "100" and first.id and not first.replayed
     assert again == msgspec.structs.replace(first, replayed=True)  # the record is the answer, whole
+    await store.close()
+
+
+async def test_a_sticky_call_on_redis_is_one_round_trip(own_redis):
+    # A new call of a sticky pool: the claim, the entry read, the turn, the records and the entry: one
+    # EVALSHA. The same customer's next call: one EVALSHA too, and no turn.
+    store = RedisStore.connect(own_redis.url, "rs:", 1.0)
+    ctx = Context(rules=RuleBase(services={"Sales": STICKY}), store=store, flights={})
+    await store.allocate(allocation("call:warm"))
+    watch = Watch(own_redis)
+    first = await decide(eml_call("c1", customer="ACME"), ctx, remember_s=60)
+    second = await decide(eml_call("c2", customer="ACME"), ctx, remember_s=60)
+    assert watch.stop() == ["EVALSHA", "EVALSHA"]
+    assert first.target == second.target == "100" and not second.replayed
+    assert own_redis.client().get("rs:rr:Sales") == b"1"
+    kinds = [k.decode().split(":")[1] for k in own_redis.client().keys("rs:*")]
+    assert kinds.count("st") == 1  # one entry for the customer, by a hash
+    assert not any(b"ACME" in k for k in own_redis.client().keys("rs:*"))  # hashed, never in clear
     await store.close()
 
 
@@ -433,11 +532,16 @@ def test_patience_reads_the_sockets_before_it_times_out(run):
 # --- one answer per call, whatever the store does ------------------------------------------------
 
 POOL = Service(numbers=["100", "101", "102"], strategy="round_robin")
+STICKY = Service(numbers=["100", "101", "102"], strategy="round_robin", sticky="customer", sticky_s=600)
 
 
-def eml_call(call_id: str) -> RoutingQuery:
+def eml_call(call_id: str, customer: str = "") -> RoutingQuery:
     return RoutingQuery(
-        protocol="eml", service="Sales", needs_destination=True, idempotency_key=f"{call_id}\x1fSales"
+        protocol="eml",
+        service="Sales",
+        customer=customer,
+        needs_destination=True,
+        idempotency_key=f"{call_id}\x1fSales",
     )
 
 

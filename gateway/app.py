@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import hmac
 import itertools
 import logging
 import os
@@ -24,10 +25,10 @@ from starlette.routing import Route
 
 import adapters
 from adapters import Rejected, Reply
-from core.deadline import within
-from core.decide import Context, decide, fallback, utc_now
+from core.decide import Context, decide, utc_now
 from core.errors import StoreError
 from core.failover import FailoverStore
+from core.journal import FactsTap, Filters, Journal, caller_facts, entry, open_journal, page_json, tap
 from core.lookup import CrmLookup, Observer
 from core.numbers import mask
 from core.redis_store import RedisStore
@@ -70,6 +71,7 @@ class Runtime:
         http: httpx.AsyncClient,
         observe: Observer,
         previous: Runtime | None = None,
+        journal: Journal | None = None,
     ) -> None:
         cfg = loaded.config
         self.loaded = loaded
@@ -80,7 +82,10 @@ class Runtime:
             # reload never sends traffic straight back to a CRM that is failing.
             before = previous.lookup if previous is not None else None
             self.lookup = CrmLookup(cfg.lookup, store, http, observe, previous=before)
-        self.ctx = Context(rules=loaded.rules, store=store, lookup=self.lookup, clock=clock, flights={})
+        self.journal = journal
+        # With a journal, the lookup is asked through a tap that notes its answer for the entry.
+        asked = FactsTap(self.lookup) if self.lookup is not None and journal is not None else self.lookup
+        self.ctx = Context(rules=loaded.rules, store=store, lookup=asked, clock=clock, flights={})
         self.routes: dict[str, Endpoint] = {}
         # The paths as configured, so that the usual request needs no normalising to be found.
         self.exact: dict[str, Endpoint] = {}
@@ -163,6 +168,7 @@ class State:
 
     def __init__(self) -> None:
         self.runtime: Runtime | None = None
+        self.journal: Journal | None = None
         self.ready = False
         self.stopping = False
 
@@ -205,6 +211,7 @@ async def _read_body(receive: Callable, declared: bytes | None, limit: int) -> b
 
 
 _NO_BODY = {"type": "http.response.body", "body": b""}
+_TYPES: dict[str, bytes] = {}  # the adapters' few content types, encoded once
 
 
 async def _send(send: Callable, reply: Reply, request_id: bytes) -> None:
@@ -212,7 +219,10 @@ async def _send(send: Callable, reply: Reply, request_id: bytes) -> None:
     if reply.status != 204:
         headers.append((b"content-length", b"%d" % len(reply.body)))
     if reply.content_type:
-        headers.append((b"content-type", reply.content_type.encode()))
+        kind = _TYPES.get(reply.content_type)
+        if kind is None:
+            kind = _TYPES[reply.content_type] = reply.content_type.encode()
+        headers.append((b"content-type", kind))
     if reply.headers:
         headers += [(k.encode(), v.encode()) for k, v in reply.headers]
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
@@ -258,33 +268,30 @@ def _text(value: bytes | None) -> str | None:
 
 
 async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, headers: dict, start: float):
-    """Run one webhook through its adapter and the core. Returns the reply and what to log."""
+    """Run one webhook through its adapter and the core. Returns the reply, what to log, and for a
+    request that was decided, the query, the decision and the lookup's answers (for the journal)."""
     a = ep.adapter
     if scope["method"] != "POST":
-        return a.error("method", scope["method"], _target(scope)), {"outcome": "method"}
+        return a.error("method", scope["method"], _target(scope)), {"outcome": "method"}, None
     # The peer's address is parsed only where an allow-list asks for it.
     if ep.networks and not allowed(_source(scope, rt), ep.networks):
-        return a.error("forbidden"), {"outcome": "forbidden"}
+        return a.error("forbidden"), {"outcome": "forbidden"}, None
     if not ep.credentials.accept_raw(headers):
-        return a.error("unauthorized", section=ep.section), {"outcome": "unauthorized"}
+        return a.error("unauthorized", section=ep.section), {"outcome": "unauthorized"}, None
     try:
         content_type = _text(headers.get(b"content-type"))
         a.check_content_type(content_type)
         body = await _read_body(receive, headers.get(b"content-length"), rt.max_body)
         if body is None:
-            return a.error("too_large"), {"outcome": "too_large"}
+            return a.error("too_large"), {"outcome": "too_large"}, None
         query = a.parse(body, content_type)
     except Rejected as exc:
-        return exc.reply, {"outcome": "bad_request"}
+        return exc.reply, {"outcome": "bad_request"}, None
     deadline = start + rt.deadline_s
-    try:
-        decision = await within(decide(query, rt.ctx, remember_s=ep.remember_s, deadline=deadline), deadline)
-    except TimeoutError:
-        decision = fallback(query, rt.ctx.rules, "deadline")
-    except StoreError:
-        # The store could not answer this call (its pool stayed full for the whole wait, or a Redis call
-        # failed while Redis still answers a ping): answered as at the deadline; Redis is not taken for down.
-        decision = fallback(query, rt.ctx.rules, "store")
+    # What the lookup answers this call, for the journal (noted by FactsTap in this task's context).
+    looked_up = tap() if rt.journal is not None and rt.lookup is not None else None
+    # The core answers its own deadline and a failing store (with the fallback decision).
+    decision = await decide(query, rt.ctx, remember_s=ep.remember_s, deadline=deadline)
     reply = a.render(decision, query)
     note: dict[str, Any] = {
         "caller": mask(query.caller) or None,
@@ -299,7 +306,7 @@ async def _answer(ep: Endpoint, rt: Runtime, scope: dict, receive: Callable, hea
     for key, value in reply.answer:
         if value:
             note[key] = value
-    return reply, note
+    return reply, note, (query, decision, looked_up)
 
 
 class Gateway(Starlette):
@@ -349,14 +356,32 @@ def create_app(
         http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20), follow_redirects=False
         )
-        state.runtime = Runtime(loaded, the_store, clock, http, metrics.observe_lookup)
+        cfg = loaded.config
+        journal = open_journal(
+            cfg.journal,
+            redis_url=cfg.store.redis_url,
+            prefix=cfg.store.key_prefix,
+            cluster=cfg.store.cluster,
+            sentinels=cfg.store.sentinels,
+            master=cfg.store.sentinel_master,
+            # Written behind the answers in batches: a batch may wait longer than a webhook's call.
+            timeout_s=max(1.0, cfg.store.timeout_ms / 1000),
+            retry_after_s=cfg.store.retry_after_s,
+            on_drop=metrics.journal_dropped,
+        )
+        if journal is not None:
+            journal.start()
+        state.journal = journal
+        state.runtime = Runtime(loaded, the_store, clock, http, metrics.observe_lookup, journal=journal)
         metrics.STORE_UP.set(int(store_status(the_store) != "degraded"))
         metrics.config_loaded(loaded.version, None, time.time())
 
         def swap(new: config_mod.Loaded) -> None:
             # One assignment: requests in flight keep the runtime they started with.
             old = state.runtime
-            state.runtime = Runtime(new, the_store, clock, http, metrics.observe_lookup, previous=old)
+            state.runtime = Runtime(
+                new, the_store, clock, http, metrics.observe_lookup, previous=old, journal=state.journal
+            )
             if old.lookup is not None and old.lookup is not state.runtime.lookup:
                 old.lookup.close()  # its requests are abandoned; callers waiting on them go on without
             _settle_heap()
@@ -382,6 +407,8 @@ def create_app(
             if state.runtime.lookup is not None:
                 state.runtime.lookup.close()
             await http.aclose()
+            if state.journal is not None:
+                await state.journal.close()  # what is queued is written, within a bounded time
             await the_store.close()
             metrics.worker_exit(os.getpid())
             event("stopped")
@@ -396,12 +423,12 @@ def create_app(
         request_id = _request_id(headers.get(b"x-request-id"))
         protocol = ep.adapter.NAME
         try:
-            reply, note = await _answer(ep, rt, scope, receive, headers, start)
+            reply, note, decided = await _answer(ep, rt, scope, receive, headers, start)
         except ClientGone:
             return
         except Exception:  # noqa: BLE001 - any failure is the protocol's 500, never a trace
             event("failed", logging.ERROR, exc_info=True, request_id=request_id.decode(), protocol=protocol)
-            reply, note = ep.adapter.error("internal"), {"outcome": "error"}
+            reply, note, decided = ep.adapter.error("internal"), {"outcome": "error"}, None
         await _send(send, reply, request_id)
         took = time.perf_counter() - began
         outcome = note["outcome"]
@@ -410,6 +437,21 @@ def create_app(
         note["latency_ms"] = round(took * 1000, 3)
         rid = request_id.decode()
         decision_line(rid, protocol, reply.status, note, own_id=rid.startswith(_ID_PREFIX))
+        if decided is not None and rt.journal is not None:
+            query, decision, looked_up = decided
+            found = looked_up[-1] if looked_up else None
+            rt.journal.record(
+                entry(
+                    query,
+                    decision,
+                    request_id=rid,
+                    status=reply.status,
+                    version=rt.loaded.version,
+                    latency_ms=note["latency_ms"],
+                    facts=caller_facts(query, rt.ctx.rules.callers, found),
+                    looked_up=found,
+                )
+            )
 
     async def not_found(rt: Runtime | None, scope: dict, send: Callable) -> None:
         path = scope["path"]
@@ -470,6 +512,43 @@ def create_app(
             body["degraded"] = ["redis"]
         return Response(_encode(body), media_type="application/json")
 
+    async def journal_endpoint(request: Request) -> Response:
+        """The decision journal, newest first: ``last``, ``call``, ``caller``, ``rule``, ``since``."""
+        if refused := ops_refused(request):
+            return refused
+        rt = state.runtime
+        token = rt.loaded.config.server.admin_token if rt is not None else ""
+        if token:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+                return Response(
+                    b'{"error":"a valid admin token is required (Authorization: Bearer <server.admin_token>)"}',
+                    status_code=401,
+                    media_type="application/json",
+                    headers={"www-authenticate": "Bearer"},
+                )
+        if state.journal is None:
+            return Response(
+                b'{"error":"the journal is off ([journal] enabled = false)"}',
+                status_code=404,
+                media_type="application/json",
+            )
+        try:
+            filters = Filters.parse(
+                request.query_params, max_last=max(100_000, rt.loaded.config.journal.max_entries)
+            )
+        except ValueError as exc:
+            return Response(_encode({"error": str(exc)}), status_code=400, media_type="application/json")
+        try:
+            entries = await state.journal.read(**msgspec.structs.asdict(filters))
+        except StoreError:
+            return Response(
+                b'{"error":"the journal cannot be read now: Redis does not answer"}',
+                status_code=503,
+                media_type="application/json",
+            )
+        return Response(page_json(entries), media_type="application/json")
+
     async def metrics_endpoint(request: Request) -> Response:
         if refused := ops_refused(request):
             return refused
@@ -479,7 +558,12 @@ def create_app(
     app = Gateway(
         state,
         webhook,
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_endpoint)],
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
+            Route("/journal", journal_endpoint),
+        ],
         lifespan=lifespan,
     )
     # Webhook paths come from the config (and may change on reload), match as Express does, and never

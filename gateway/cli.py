@@ -22,6 +22,7 @@ from core.lookup import CrmLookup
 from core.store import DryRunStore
 from gateway import config as config_mod
 from gateway.app import CONFIG_ENV, make_store
+from gateway.changes import add_commands
 from gateway.logs import event
 from gateway.logs import setup as setup_logs
 
@@ -54,6 +55,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{args.path}: ok (version {loaded.version}; {len(r.rules)} rules, {len(r.services)} services, "
         f"{len(r.callers)} known callers, {len(r.hours)} schedules)"
     )
+    if loaded.config.tests:
+        print(f"{len(loaded.config.tests)} tests pass")
     for warning in loaded.warnings:
         print(f"warning: {warning}")
     return 0
@@ -239,6 +242,9 @@ def _local_zone(loaded: config_mod.Loaded) -> str:
 EXAMPLES = """examples:
   routing-gateway serve --config /etc/routing-gateway/config.toml
   routing-gateway check config.toml
+  routing-gateway test candidate.toml
+  routing-gateway journal --call c1
+  routing-gateway replay candidate.toml --since 1d
   routing-gateway route --explain '{"anum": "+358501231234", "targetid": "SALES_QUEUE"}'
   routing-gateway route --at 2026-11-23T18:30 '{"callID": "c1", "rclassification": "Sales", "callTime": "35"}'
 """
@@ -303,6 +309,7 @@ def parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--explain", action="store_true", help="show every rule and why it did or did not match")
     r.set_defaults(run=cmd_route)
+    add_commands(sub, _default_config, config_help)
     return p
 
 

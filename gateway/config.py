@@ -14,17 +14,20 @@ import msgspec
 import msgspec.inspect as mi
 
 import adapters
+from core.checks import ConfigTest, Failure, Refused, check_tests, run_tests_blocking
 from core.decide import RuleBase
 from core.directory import AttrValue, CallerInfo, from_table, parse_csv
 from core.errors import ConfigError
+from core.journal import JournalConfig
 from core.lookup import LookupConfig
+from core.query import Decision, RoutingQuery
 from core.rules import Rule, compile_rule, template_names
 from core.schedules import Schedule, compile_schedule
 from core.services import Service, check_service
 from gateway.schema import check, key_path, prune
 
 Networks = list[str]
-RESERVED = ("/healthz", "/readyz", "/metrics")
+RESERVED = ("/healthz", "/readyz", "/metrics", "/journal")
 # Loopback and the private ranges: where monitoring usually runs.
 OPS_NETWORKS = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 
@@ -47,6 +50,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
     shutdown_timeout_s: Annotated[int, msgspec.Meta(ge=1, le=300)] = 10
     ops_allow_networks: Networks = msgspec.field(default_factory=lambda: list(OPS_NETWORKS))
+    # A Bearer token the operational endpoints that show calls (GET /journal) also ask for; empty: none.
+    admin_token: str = ""
 
 
 class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -76,6 +81,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     schedules: dict[str, Schedule] = {}
     lookup: LookupConfig | None = None
     rules: list[Rule] = []
+    journal: JournalConfig = JournalConfig()
+    tests: list[ConfigTest] = []
 
 
 _types: dict[tuple[str, ...], tuple[type[Config], mi.Type]] = {}
@@ -226,6 +233,7 @@ def _semantics(
     if (cfg.store.cluster or cfg.store.sentinels) and not cfg.store.redis_url and not cfg.store.sentinels:
         problems.append("store.redis_url: required with cluster = true")
     _endpoints(cfg, problems, warnings)
+    check_tests(cfg.tests, [r.name for r in cfg.rules], adapters.names(), problems)
 
     if cfg.lookup is not None:
         if not cfg.lookup.url.startswith(("http://", "https://")):
@@ -336,8 +344,34 @@ def _msgspec_path(exc: msgspec.ValidationError) -> str:
     return f"{where.rstrip('`').lstrip('.')}: {message[0].lower()}{message[1:]}"
 
 
-def load(path: str | os.PathLike) -> Loaded:
-    """Read, check and compile the config at ``path``; raise :class:`ConfigError` listing every problem."""
+def _parse(protocol: str, fields: dict[str, Any]) -> RoutingQuery:
+    """A config test's request table, read as its protocol reads a body."""
+    try:
+        return adapters.get(protocol).parse(msgspec.json.encode(fields), "application/json")
+    except adapters.Rejected as exc:
+        body = exc.reply.body
+        raise Refused(exc.reply.status, msgspec.json.decode(body) if body else None) from None
+
+
+def _render(protocol: str, decision: Decision, query: RoutingQuery) -> tuple[int, dict[str, Any] | None]:
+    reply = adapters.get(protocol).render(decision, query)
+    return reply.status, msgspec.json.decode(reply.body) if reply.body else None
+
+
+def run_tests(loaded: Loaded) -> list[Failure]:
+    """The config's ``[[tests]]``, run against its own rules on a dry-run store (SPEC section 9)."""
+    cfg = loaded.config
+
+    def remember_s(protocol: str) -> float:
+        adapter = adapters.get(protocol)
+        return adapter.retry_window_s(section(cfg, adapter))
+
+    return run_tests_blocking(cfg.tests, loaded.rules, _parse, _render, remember_s=remember_s)
+
+
+def load(path: str | os.PathLike, *, tests: bool = True) -> Loaded:
+    """Read, check and compile the config at ``path``; raise :class:`ConfigError` listing every problem.
+    With ``tests``, a config whose ``[[tests]]`` fail is refused too, each failure listed."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -369,4 +403,9 @@ def load(path: str | os.PathLike) -> Loaded:
     if problems:
         raise ConfigError(_name_rules(problems, raw))
     version = hashlib.sha256(data + files_digest).hexdigest()[:12]
-    return Loaded(path=path, config=cfg, rules=rules, version=version, warnings=warnings)
+    loaded = Loaded(path=path, config=cfg, rules=rules, version=version, warnings=warnings)
+    if tests and cfg.tests:
+        failed = [line for failure in run_tests(loaded) for line in failure.problems()]
+        if failed:
+            raise ConfigError(failed)
+    return loaded

@@ -94,6 +94,12 @@ STORE_EVICTIONS = Counter(
 LOG_DROPPED = Counter(
     "routing_log_lines_dropped_total", "Log lines dropped because the log output did not keep up."
 )
+JOURNAL_DROPPED = Counter(
+    "routing_journal_dropped_total",
+    "Decisions not recorded in the journal, by reason (store: Redis down or failing, full: the writer "
+    "fell behind, refused, invalid, closed). The answers themselves were given.",
+    ["reason"],
+)
 STORE_UP = Gauge(
     "routing_store_up",
     "1 while the store answers (Redis, or the in-process store); 0 while Redis is down.",
@@ -120,6 +126,8 @@ def _zero() -> None:
         FALLBACKS.labels(reason)
     for result in ("ok", "invalid", "unchanged"):
         RELOADS.labels(result)
+    for reason in ("store", "full"):
+        JOURNAL_DROPPED.labels(reason)
 
 
 _zero()
@@ -164,6 +172,10 @@ def answered(
         (_fallbacks.get(fallback) or _child(_fallbacks, FALLBACKS, fallback)).inc()
     if degraded:
         (_fallbacks.get("store") or _child(_fallbacks, FALLBACKS, "store")).inc()
+
+
+def journal_dropped(reason: str, count: int) -> None:
+    JOURNAL_DROPPED.labels(reason).inc(count)
 
 
 def config_loaded(version: str, previous: str | None, at: float) -> None:

@@ -23,7 +23,7 @@ class Config(Section, frozen=True, forbid_unknown_fields=True):
     basic_auth: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-class Request(msgspec.Struct):
+class Request(msgspec.Struct, gc=False):
     """The webhook body. Unknown fields are ignored: the platform may add some."""
 
     anum: str | None = None

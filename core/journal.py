@@ -53,21 +53,21 @@ class JournalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     numbers: Numbers = "full"
 
 
-class Facts(msgspec.Struct, frozen=True, omit_defaults=True):
+class Facts(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """Caller facts as the journal keeps them: tags (sorted) and attributes."""
 
-    tags: list[str] = []
+    tags: tuple[str, ...] = ()
     attributes: dict[str, str] = {}
 
     @classmethod
     def of(cls, info: CallerInfo) -> Facts:
-        return cls(tags=sorted(info.tags), attributes=dict(info.attributes))
+        return cls(tags=tuple(sorted(info.tags)), attributes=dict(info.attributes))
 
     def info(self) -> CallerInfo:
         return CallerInfo(tags=frozenset(self.tags), attributes=dict(self.attributes))
 
 
-class JournalEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class JournalEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """One decision. The query's fields keep the names of :class:`core.query.RoutingQuery` except
     ``extradata`` (its ``attributes``); ``pool`` is the decision's ``service``: the pool the target was
     taken from."""
@@ -89,7 +89,7 @@ class JournalEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     needs_destination: bool = False
     # The caller facts used: the directory's entry with the lookup's answer merged over it (what the
     # rules saw), and the lookup's answer alone (None: no lookup made, or it found or gave nothing).
-    tags: list[str] = []
+    tags: tuple[str, ...] = ()
     attributes: dict[str, str] = {}
     lookup: Facts | None = None
     # The outcome.
@@ -155,7 +155,7 @@ def entry(
         call_time_s=query.call_time_s,
         extradata=query.attributes,
         needs_destination=query.needs_destination,
-        tags=sorted(facts.tags) if facts.tags else [],
+        tags=tuple(sorted(facts.tags)) if facts.tags else (),
         attributes=facts.attributes,
         lookup=None if looked_up is None else Facts.of(looked_up),
         rule=decision.rule,

@@ -7,7 +7,7 @@ import msgspec
 Scalar = str | bool | int | float | None
 
 
-class RoutingQuery(msgspec.Struct, frozen=True, kw_only=True):
+class RoutingQuery(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One routing question, whatever protocol asked it.
 
     ``protocol`` is an opaque name for ``when.protocol``; the core attaches no meaning to it.
@@ -33,7 +33,7 @@ class RoutingQuery(msgspec.Struct, frozen=True, kw_only=True):
     """A retry with the same key inside the retry window gets the first answer again."""
 
 
-class Decision(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Decision(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """What the core decided. Unset fields are ``None`` (or empty); adapters render only what is set."""
 
     rule: str | None = None

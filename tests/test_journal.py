@@ -99,7 +99,7 @@ async def test_entries_read_back_newest_first_whole(make):
     got = await j.read()
     assert got == written[::-1]
     assert got[1].call_time == "35" and got[1].mq_id == "mq-2" and got[1].pool == "Sales"
-    assert got[2].tags == ["vip"] and got[2].attributes == {"agent": "a1"}
+    assert got[2].tags == ("vip",) and got[2].attributes == {"agent": "a1"}
     assert j.dropped == 0
 
 

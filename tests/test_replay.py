@@ -207,7 +207,7 @@ async def test_recorded_caller_facts_are_used_not_the_crm_nor_the_candidates_dir
     crm = {"+3582": CallerInfo(frozenset({"vip"}), {"agent": "crm-agent"})}
     entries = await journal(base, crm)
     e = entries[-1]
-    assert e.tags == ["vip"] and e.lookup is not None and e.lookup.tags == ["vip"]
+    assert e.tags == ("vip",) and e.lookup is not None and e.lookup.tags == ("vip",)
     # The candidate's directory blocks +3581 and forgets it was a VIP; the CRM is never asked.
     text = BASE.replace('[callers."+3581"]\ntags = ["vip"]', '[callers."+3581"]\ntags = ["blocked"]')
     candidate = config(tmp_path, text)

@@ -37,7 +37,7 @@ from redis.retry import Retry
 
 from core.directory import UNKNOWN, CallerInfo
 from core.errors import StoreError
-from core.numbers import mask, normalise
+from core.numbers import mask, mask_numbers, normalise
 from core.query import Decision, RoutingQuery, Scalar
 
 log = logging.getLogger("routing_gateway")
@@ -171,11 +171,31 @@ def entry(
     )
 
 
+def _hide(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: mask_numbers(v) if isinstance(v, str) else v for k, v in values.items()}
+
+
 def masked(e: JournalEntry) -> JournalEntry:
-    """``e`` with its caller and dialled numbers cut to their last digits, as the logs show them."""
+    """``e`` with its caller and dialled numbers cut to their last digits, and every number-like run in
+    its other texts (customer, callID, request id, extradata, caller attributes) masked, as the logs
+    show them."""
     if e.masked:
         return e
-    return msgspec.structs.replace(e, caller=mask(e.caller), dialed=mask(e.dialed), masked=True)
+    lookup = e.lookup
+    if lookup is not None and lookup.attributes:
+        lookup = msgspec.structs.replace(lookup, attributes=_hide(lookup.attributes))
+    return msgspec.structs.replace(
+        e,
+        caller=mask(e.caller),
+        dialed=mask(e.dialed),
+        customer=mask_numbers(e.customer),
+        call_id=mask_numbers(e.call_id),
+        request_id=mask_numbers(e.request_id),
+        extradata=_hide(e.extradata) if e.extradata else e.extradata,
+        attributes=_hide(e.attributes) if e.attributes else e.attributes,
+        lookup=lookup,
+        masked=True,
+    )
 
 
 # --- the caller facts a decision used -------------------------------------------------------------
@@ -288,11 +308,13 @@ class Filters(msgspec.Struct, frozen=True, kw_only=True):
         call, rule, since = self.call, self.rule, self.since
         number = None if self.caller is None else normalise(self.caller)
         hidden = None if number is None else mask(number)
+        # A masked entry's callID has its number-like runs masked as well.
+        call_hidden = None if call is None else mask_numbers(call)
 
         def holds(e: JournalEntry) -> bool:
             if since is not None and e.time < since:
                 return False
-            if call is not None and e.call_id != call:
+            if call is not None and e.call_id != (call_hidden if e.masked else call):
                 return False
             # A masked entry keeps the last digits only: every caller with the same ones matches.
             if number is not None and e.caller != (hidden if e.masked else number):

@@ -36,3 +36,31 @@ def mask(number: str, keep: int = 3) -> str:
     if len(number) <= keep:
         return "*" * len(number)
     return "*" * (len(number) - keep) + number[-keep:]
+
+
+# A phone number as people and platforms write one: at least 7 digits, with any separators between two
+# digits that core.numbers.normalise drops (any white space, dots, dashes, slashes, brackets), so that
+# whatever the gateway reads as a caller is masked in a log line or a masked journal entry too. After a "+" (or a URL-encoded one, %2B)
+# it is one wherever it stands. Without, it must stand alone, not inside a word or a hex id (a request id,
+# a UUID, a config version: digits between dashes inside such an id are not one either); an ISO date
+# and a dotted IPv4 address (neither followed by more digits) are not one.
+_SEP_T = r"[\s().\u00a0/-]*"
+NUMBER_IN_TEXT = re.compile(
+    rf"""
+      (?: \+ | (?<=%2[Bb]) ) {_SEP_T} \d (?: {_SEP_T} \d ){{6,}}
+    | (?<! [0-9A-Za-z] ) (?<! [0-9A-Fa-f]- ) (?<! \d\. )
+      (?! \d{{4}}-[01]\d-[0-3]\d (?! {_SEP_T} \d ) )
+      (?! \d{{1,3}} (?: \.\d{{1,3}} ){{3}} (?! [\d.] ) )
+      \d (?: {_SEP_T} \d ){{6,}} (?! [0-9A-Za-z] ) (?! -[0-9A-Fa-f] )
+    """,
+    re.VERBOSE,
+)
+
+
+def _masked(m: re.Match) -> str:
+    return mask(m[0])
+
+
+def mask_numbers(text: str) -> str:
+    """``text`` with every run that looks like a phone number masked (last digits only)."""
+    return NUMBER_IN_TEXT.sub(_masked, text) if len(text) >= 7 else text

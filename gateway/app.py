@@ -28,7 +28,17 @@ from adapters import Rejected, Reply
 from core.decide import Context, decide, utc_now
 from core.errors import StoreError
 from core.failover import FailoverStore
-from core.journal import FactsTap, Filters, Journal, caller_facts, entry, open_journal, page_json, tap
+from core.journal import (
+    FactsTap,
+    Filters,
+    Journal,
+    caller_facts,
+    entry,
+    masked,
+    open_journal,
+    page_json,
+    tap,
+)
 from core.lookup import CrmLookup, Observer
 from core.numbers import mask
 from core.redis_store import RedisStore
@@ -82,7 +92,10 @@ class Runtime:
             # reload never sends traffic straight back to a CRM that is failing.
             before = previous.lookup if previous is not None else None
             self.lookup = CrmLookup(cfg.lookup, store, http, observe, previous=before)
-        self.journal = journal
+        # [journal] enabled and numbers apply from this config on; where it is kept (Redis or a ring) and
+        # how much, from the start.
+        self.journal = journal if cfg.journal.enabled else None
+        self.mask_journal = cfg.journal.numbers == "masked"
         # With a journal, the lookup is asked through a tap that notes its answer for the entry.
         asked = FactsTap(self.lookup) if self.lookup is not None and journal is not None else self.lookup
         self.ctx = Context(rules=loaded.rules, store=store, lookup=asked, clock=clock, flights={})
@@ -384,6 +397,13 @@ def create_app(
             )
             if old.lookup is not None and old.lookup is not state.runtime.lookup:
                 old.lookup.close()  # its requests are abandoned; callers waiting on them go on without
+            if new.config.journal.enabled and state.journal is None:
+                event(
+                    "restart needed",
+                    logging.WARNING,
+                    keys=["journal.enabled"],
+                    note="the journal was off at start; it is recorded from the next start",
+                )
             _settle_heap()
 
         reloader = Reloader(lambda: state.runtime.loaded, swap)
@@ -440,18 +460,17 @@ def create_app(
         if decided is not None and rt.journal is not None:
             query, decision, looked_up = decided
             found = looked_up[-1] if looked_up else None
-            rt.journal.record(
-                entry(
-                    query,
-                    decision,
-                    request_id=rid,
-                    status=reply.status,
-                    version=rt.loaded.version,
-                    latency_ms=note["latency_ms"],
-                    facts=caller_facts(query, rt.ctx.rules.callers, found),
-                    looked_up=found,
-                )
+            made = entry(
+                query,
+                decision,
+                request_id=rid,
+                status=reply.status,
+                version=rt.loaded.version,
+                latency_ms=note["latency_ms"],
+                facts=caller_facts(query, rt.ctx.rules.callers, found),
+                looked_up=found,
             )
+            rt.journal.record(masked(made) if rt.mask_journal else made)
 
     async def not_found(rt: Runtime | None, scope: dict, send: Callable) -> None:
         path = scope["path"]

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from core.numbers import mask
+from core.numbers import NUMBER_IN_TEXT, mask
 from gateway import metrics
 
 _encode = msgspec.json.Encoder().encode
@@ -42,23 +42,7 @@ FLUSH_S = (
 )
 STACK_FRAMES = 6
 
-# A phone number as people and platforms write one: at least 7 digits, with any separators between two
-# digits that core.numbers.normalise drops (any white space, dots, dashes, slashes, brackets), so that
-# whatever the gateway reads as a caller is masked in a line too. After a "+" (or a URL-encoded one, %2B)
-# it is one wherever it stands. Without, it must stand alone, not inside a word or a hex id (a request id,
-# a UUID, a config version: digits between dashes inside such an id are not one either); an ISO date
-# and a dotted IPv4 address (neither followed by more digits) are not one.
-_SEP = r"[\s().\u00a0/-]*"
-_PHONE = re.compile(
-    rf"""
-      (?: \+ | (?<=%2[Bb]) ) {_SEP} \d (?: {_SEP} \d ){{6,}}
-    | (?<! [0-9A-Za-z] ) (?<! [0-9A-Fa-f]- ) (?<! \d\. )
-      (?! \d{{4}}-[01]\d-[0-3]\d (?! {_SEP} \d ) )
-      (?! \d{{1,3}} (?: \.\d{{1,3}} ){{3}} (?! [\d.] ) )
-      \d (?: {_SEP} \d ){{6,}} (?! [0-9A-Za-z] ) (?! -[0-9A-Fa-f] )
-    """,
-    re.VERBOSE,
-)
+_PHONE = NUMBER_IN_TEXT
 _MIN_RUN = 7
 # Written by the gateway itself and never a phone number; a digit run in them means nothing.
 _OWN_KEYS = frozenset({"version", "previous", "mq_id"})

@@ -34,7 +34,7 @@ RESTART_ONLY = (
     "server.max_connections",
     "server.shutdown_timeout_s",
     "store",
-    "journal",
+    "journal.max_entries",
 )
 
 

@@ -550,7 +550,8 @@ def test_a_stalled_stderr_does_not_stretch_shutdown(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         took = time.monotonic() - began
-    assert took < 3 + 0.5, took
+    # shutdown_timeout_s, plus what a loaded machine takes to end a process.
+    assert took < 3 + 1.5, took
 
 
 @pytest.mark.e2e

@@ -212,3 +212,33 @@ def test_killing_redis_loses_no_answer_and_counts_the_journal_drops(start_gatewa
         return 0.0
 
     assert wait_until(lambda: dropped() > 0, what="journal drops counted")
+
+
+def test_masked_journal_keeps_no_number_anywhere_and_a_reload_to_masked_applies_at_once(start_gateway):
+    gw = start_gateway(config("m:", extra='[journal]\nnumbers = "full"\n'))
+    sr = {"anum": "+358501231234", "bnum": "+35891234567", "extradata": {"DYN_PAR_Callback": "+358401112223"}}
+    assert gw.smartrouting(sr).status_code == 200
+    full = wait_until(lambda: gw.client.get("/journal").json()["entries"], what="an entry")
+    assert full[0]["caller"] == "+358501231234"
+    # A reload to "masked" applies to the next call, without a restart.
+    gw.config.write_text(gw.config.read_text().replace('numbers = "full"', 'numbers = "masked"'))
+    gw.signal(signal.SIGHUP)
+    wait_until(lambda: gw.logs().count('"event":"reloaded"') >= 1, what="the reload")
+    assert gw.smartrouting(sr).status_code == 200
+    eml = {
+        "callID": "+358409998887",
+        "rclassification": "Support",
+        "customerID": "0401234567",
+        "callTime": "3",
+    }
+    assert gw.eml(eml).status_code == 201
+    entries = wait_until(
+        lambda: (e := gw.client.get("/journal").json()["entries"]) and len(e) == 3 and e, what="3 entries"
+    )
+    text = json.dumps(entries[:2])
+    for number in ("358501231234", "35891234567", "358401112223", "358409998887", "0401234567"):
+        assert number not in text, number
+    assert entries[0]["masked"] and entries[0]["customer"].endswith("567")
+    # The masked call is still found by its callID.
+    found = gw.client.get("/journal", params={"call": "+358409998887"}).json()["entries"]
+    assert len(found) == 1 and found[0]["pool"] == "Support"

@@ -344,7 +344,7 @@ def _msgspec_path(exc: msgspec.ValidationError) -> str:
     return f"{where.rstrip('`').lstrip('.')}: {message[0].lower()}{message[1:]}"
 
 
-def _parse(protocol: str, fields: dict[str, Any]) -> RoutingQuery:
+def parse_test_request(protocol: str, fields: dict[str, Any]) -> RoutingQuery:
     """A config test's request table, read as its protocol reads a body."""
     try:
         return adapters.get(protocol).parse(msgspec.json.encode(fields), "application/json")
@@ -353,7 +353,9 @@ def _parse(protocol: str, fields: dict[str, Any]) -> RoutingQuery:
         raise Refused(exc.reply.status, msgspec.json.decode(body) if body else None) from None
 
 
-def _render(protocol: str, decision: Decision, query: RoutingQuery) -> tuple[int, dict[str, Any] | None]:
+def render_test_reply(
+    protocol: str, decision: Decision, query: RoutingQuery
+) -> tuple[int, dict[str, Any] | None]:
     reply = adapters.get(protocol).render(decision, query)
     return reply.status, msgspec.json.decode(reply.body) if reply.body else None
 
@@ -366,7 +368,9 @@ def run_tests(loaded: Loaded) -> list[Failure]:
         adapter = adapters.get(protocol)
         return adapter.retry_window_s(section(cfg, adapter))
 
-    return run_tests_blocking(cfg.tests, loaded.rules, _parse, _render, remember_s=remember_s)
+    return run_tests_blocking(
+        cfg.tests, loaded.rules, parse_test_request, render_test_reply, remember_s=remember_s
+    )
 
 
 def load(path: str | os.PathLike, *, tests: bool = True) -> Loaded:

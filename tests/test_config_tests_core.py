@@ -6,25 +6,21 @@ import asyncio
 import datetime as dt
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
 
 import adapters
-from adapters import Rejected
 from core.checks import (
     ConfigTest,
     Expect,
-    Refused,
     check_tests,
     local_zone,
     run_tests,
     run_tests_blocking,
 )
 from core.decide import RuleBase
-from core.query import Decision, RoutingQuery
-from gateway.config import load
+from gateway.config import load, parse_test_request, render_test_reply
 
 pytestmark = pytest.mark.anyio
 
@@ -33,17 +29,9 @@ HEL = dt.timezone(dt.timedelta(hours=2))
 MONDAY_10 = dt.datetime(2026, 11, 23, 10, tzinfo=HEL)
 
 
-def parse(protocol: str, fields: dict[str, Any]) -> RoutingQuery:
-    try:
-        return adapters.get(protocol).parse(msgspec.json.encode(fields), "application/json")
-    except Rejected as exc:
-        body = exc.reply.body
-        raise Refused(exc.reply.status, msgspec.json.decode(body) if body else None) from None
-
-
-def render(protocol: str, decision: Decision, query: RoutingQuery) -> tuple[int, dict[str, Any] | None]:
-    reply = adapters.get(protocol).render(decision, query)
-    return reply.status, msgspec.json.decode(reply.body) if reply.body else None
+# What check, test and reload use: a request table read as its protocol reads a body.
+parse = parse_test_request
+render = render_test_reply
 
 
 def parsed_tests(text: str) -> list[ConfigTest]:

@@ -97,7 +97,7 @@ class Runtime:
         self.journal = journal if cfg.journal.enabled else None
         self.mask_journal = cfg.journal.numbers == "masked"
         # With a journal, the lookup is asked through a tap that notes its answer for the entry.
-        asked = FactsTap(self.lookup) if self.lookup is not None and journal is not None else self.lookup
+        asked = FactsTap(self.lookup) if self.lookup is not None and self.journal is not None else self.lookup
         self.ctx = Context(rules=loaded.rules, store=store, lookup=asked, clock=clock, flights={})
         self.routes: dict[str, Endpoint] = {}
         # The paths as configured, so that the usual request needs no normalising to be found.
@@ -105,13 +105,11 @@ class Runtime:
         self.endpoints: list[Endpoint] = []
         for adapter in adapters.registered():
             table = config_mod.section(cfg, adapter)
-            schemes = adapter.AUTH_SCHEMES
+            basic = getattr(table, "basic_auth", {})
             ep = Endpoint(
                 adapter,
                 table,
-                Credentials(
-                    adapter.API_KEY_HEADER, schemes, table.api_keys, getattr(table, "basic_auth", {})
-                ),
+                Credentials(adapter.API_KEY_HEADER, adapter.AUTH_SCHEMES, table.api_keys, basic),
                 networks(table.allow_networks),
                 adapter.retry_window_s(table),
             )
